@@ -1,0 +1,79 @@
+"""``dinet``: the one command-line entry of the platform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dinet_platform.config import ConfigError, dump_config, load_config
+
+app = typer.Typer(
+    name="dinet",
+    help="Train, tune, evaluate and serve DINet lip-sync models on Ray, tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect and validate configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="YAML config file.", exists=False)
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one field, e.g. --set loss.temporal.frame_diff=5"),
+]
+
+
+def load_or_exit(config: Path, overrides: list[str] | None):
+    """Load a config for a command; a bad config ends the command with the reason."""
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(
+    config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None
+) -> None:
+    """Print the resolved configuration (defaults filled in, overrides applied)."""
+    typer.echo(dump_config(load_or_exit(config, overrides)), nl=False)
+
+
+@config_app.command("validate")
+def config_validate(
+    config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None
+) -> None:
+    """Validate a configuration; exit 2 with the offending fields if it is invalid."""
+    cfg = load_or_exit(config, overrides)
+    sizes = ", ".join(str(s.mouth_size) for s in cfg.stages)
+    console.print(f"[green]ok[/green] {config}: {len(cfg.stages)} stages (mouth {sizes})")
+
+
+@app.command("demo")
+def demo(config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None) -> None:
+    """Run the end-to-end demo at the demo config."""
+    from dinet_platform.demo import run_demo
+
+    run_demo(load_or_exit(config, overrides), console)
+
+
+def _register_subcommands() -> None:
+    # Each concern owns its sub-app; imported lazily so `dinet --help` stays fast.
+    from dinet_platform.data.cli import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register_subcommands()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,231 @@
+"""Typed configuration of the platform: one pydantic model per concern, one root model.
+
+Every model forbids unknown keys, so a typo in YAML or in ``--set`` is an error naming the key
+instead of a silently ignored setting. Weights are ``float`` fields: ``--set x=5`` becomes 5.0,
+never an int that truncates later (a known bug of the original DINet option parser).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NonNegative = Annotated[float, Field(ge=0.0)]
+Positive = Annotated[float, Field(gt=0.0)]
+
+AttentionPosition = Literal["source", "reference", "appearance"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AttentionConfig(Strict):
+    """The seed's four attention modules (§3); each one switchable."""
+
+    spatial: bool = False
+    """CBAM-style channel + spatial gates."""
+    mouth_focused: bool = False
+    """A learned spatial gate whose odds are multiplied by ``mouth_region_weight`` in the mouth box."""
+    multi_scale: bool = False
+    """Spatial attention computed at each of ``scales`` (pooled) and combined."""
+    adaptive_fusion: bool = False
+    """Fuse the enabled branches with learned, input-dependent softmax weights instead of
+    applying them one after another."""
+    scales: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4])
+    mouth_region_weight: Annotated[float, Field(ge=1.0)] = 10.0
+    reduction: Annotated[int, Field(ge=1)] = 16
+    positions: list[AttentionPosition] = Field(
+        default_factory=lambda: ["source", "reference", "appearance"]
+    )
+
+    @property
+    def any_enabled(self) -> bool:
+        return self.spatial or self.mouth_focused or self.multi_scale
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_nonempty_unique(cls, scales: list[int]) -> list[int]:
+        if not scales or len(set(scales)) != len(scales):
+            raise ValueError(f"must be a non-empty list of distinct scales, got {scales}")
+        return scales
+
+
+class ModelConfig(Strict):
+    variant: Literal["dinet", "dinet_attention"] = "dinet"
+    width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    """Channel multiplier; 1.0 is the public DINet (19.2 M parameters)."""
+    audio_channels: Annotated[int, Field(ge=1)] = 29
+    """Audio feature dimension per frame (29 = DeepSpeech, or the number of log-mel bands)."""
+    attention: AttentionConfig = Field(default_factory=AttentionConfig)
+    discriminator_width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+    syncnet_width: Annotated[float, Field(gt=0.0, le=4.0)] = 1.0
+
+
+class StageConfig(Strict):
+    mouth_size: Annotated[int, Field(gt=0)]
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    lr: Positive
+
+    @field_validator("mouth_size")
+    @classmethod
+    def _multiple_of_four(cls, size: int) -> int:
+        if size % 4:
+            raise ValueError(f"mouth_size must be a multiple of 4, got {size}")
+        return size
+
+
+class TemporalWeights(Strict):
+    """Weights of the temporal-consistency terms (seed §2)."""
+
+    frame_diff: NonNegative = 8.0
+    optical_flow: NonNegative = 6.0
+    mouth_temporal: NonNegative = 10.0
+    long_term: NonNegative = 4.0
+    window: Annotated[int, Field(ge=3)] = 5
+    """Frames in the long-term window."""
+
+
+class LossConfig(Strict):
+    reconstruction: NonNegative = 1.0
+    """L1 over the whole crop."""
+    mouth_reconstruction: NonNegative = 10.0
+    """Extra L1 inside the mouth box (the mouth-weighted reconstruction)."""
+    perceptual: NonNegative = 1.0
+    perceptual_kind: Literal["ms_ssim", "vgg19"] = "ms_ssim"
+    vgg19_weights: str | None = None
+    """Path to VGG19 weights (torchvision ``vgg19`` state_dict layout) for ``vgg19``."""
+    gan: NonNegative = 1.0
+    sync: NonNegative = 0.0
+    """Sync-expert loss; 0 disables it (it needs a trained sync expert)."""
+    temporal: TemporalWeights = Field(default_factory=TemporalWeights)
+
+    @model_validator(mode="after")
+    def _vgg_needs_weights(self) -> LossConfig:
+        if self.perceptual_kind == "vgg19" and self.perceptual > 0 and not self.vgg19_weights:
+            raise ValueError(
+                "perceptual_kind 'vgg19' needs vgg19_weights (a local weights file); nothing is "
+                "downloaded. Use perceptual_kind 'ms_ssim' for a loss that needs no weights"
+            )
+        return self
+
+
+class AugmentationConfig(Strict):
+    """Gentle augmentation (seed §7): the old pipeline blurred too much."""
+
+    enabled: bool = True
+    color_jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    affine_jitter_px: Annotated[float, Field(ge=0.0, le=16.0)] = 2.0
+    blur_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    blur_sigma: Annotated[float, Field(ge=0.0, le=3.0)] = 0.6
+
+
+class DataConfig(Strict):
+    shards: str | None = None
+    """Prepared Parquet shards; default ``$DINET_HOME/data/shards``."""
+    audio_features: Literal["logmel", "deepspeech"] = "logmel"
+    n_mels: Annotated[int, Field(ge=8, le=256)] = 29
+    """Log-mel bands; 29 keeps the audio encoder shape-compatible with public DINet weights."""
+    fps: Annotated[int, Field(ge=1)] = 25
+    sample_rate: Annotated[int, Field(ge=8000)] = 16000
+    audio_window: Annotated[int, Field(ge=1)] = 5
+    num_references: Annotated[int, Field(ge=1)] = 5
+    clip_len: Annotated[int, Field(ge=2)] = 5
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+
+    @property
+    def feature_dim(self) -> int:
+        return 29 if self.audio_features == "deepspeech" else self.n_mels
+
+
+class TrainingConfig(Strict):
+    num_workers: Annotated[int, Field(ge=1)] = 2
+    cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    use_gpu: bool = False
+    mixed_precision: bool = True
+    """bf16 autocast when training on GPU; ignored on CPU."""
+    max_failures: Annotated[int, Field(ge=-1)] = 2
+    checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
+    steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    """Cap on optimizer steps per epoch (None: one pass over the shard)."""
+    seed: int = 0
+    storage_path: str | None = None
+    """Ray Train storage; default ``$DINET_HOME/ray``. Must be shared storage on a cluster."""
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = None
+    """None: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///$DINET_HOME/mlflow.db``."""
+    experiment: str = "dinet"
+    registered_model: str = "dinet"
+
+
+class ServingConfig(Strict):
+    model_name: str = "dinet"
+    alias: str = "production"
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["int8", "fp32", "fp16", "bf16"] = "int8"
+    num_replicas: Annotated[int, Field(ge=1)] = 1
+    max_batch_size: Annotated[int, Field(ge=1)] = 8
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.01
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 16
+    max_queued_requests: Annotated[int, Field(ge=1)] = 64
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+    @model_validator(mode="after")
+    def _batch_fits_in_flight(self) -> ServingConfig:
+        # A Serve batch never grows past max_ongoing_requests.
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or batches can never fill"
+            )
+        return self
+
+
+class DINetConfig(Strict):
+    """The whole platform configuration (one YAML file)."""
+
+    name: str = "dinet"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stages: list[StageConfig]
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_increase(cls, stages: list[StageConfig]) -> list[StageConfig]:
+        if not stages:
+            raise ValueError("needs at least one stage")
+        sizes = [s.mouth_size for s in stages]
+        for i in range(1, len(sizes)):
+            if sizes[i] <= sizes[i - 1]:
+                raise ValueError(
+                    f"mouth sizes must strictly increase from stage to stage, got {sizes} "
+                    f"(stage {i} has {sizes[i]} after {sizes[i - 1]})"
+                )
+        return stages
+
+    @model_validator(mode="after")
+    def _audio_matches_model(self) -> DINetConfig:
+        if self.model.audio_channels != self.data.feature_dim:
+            raise ValueError(
+                f"model.audio_channels ({self.model.audio_channels}) must equal the audio "
+                f"feature size of data ({self.data.audio_features}: {self.data.feature_dim})"
+            )
+        return self
+
+    def stage(self, mouth_size: int) -> StageConfig:
+        for stage in self.stages:
+            if stage.mouth_size == mouth_size:
+                return stage
+        raise KeyError(
+            f"no stage with mouth_size {mouth_size}; stages are "
+            f"{[s.mouth_size for s in self.stages]}"
+        )

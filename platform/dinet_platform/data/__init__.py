@@ -1,0 +1,1 @@
+"""Data: synthetic talking faces, preprocessing to Parquet shards, loaders, analysis."""

@@ -1,0 +1,37 @@
+"""Where local state lives: everything under one directory, ``$DINET_HOME`` (default ./.dinet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = ".dinet"
+
+
+def dinet_home() -> Path:
+    """The root of all local state (MLflow store, Ray storage, data, demo outputs)."""
+    return Path(os.environ.get("DINET_HOME", DEFAULT_HOME)).expanduser().resolve()
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """MLflow tracking/registry URI: ``$MLFLOW_TRACKING_URI`` wins, then the config, then the
+    embedded SQLite store under ``$DINET_HOME``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    home = ensure_dir(dinet_home())
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def ray_storage_path(configured: str | None = None) -> str:
+    """Ray Train ``storage_path``: the config's (shared storage on a cluster) or a local dir."""
+    if configured:
+        return configured
+    return str(ensure_dir(dinet_home() / "ray"))
