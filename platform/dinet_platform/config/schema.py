@@ -27,7 +27,8 @@ class AttentionConfig(Strict):
     spatial: bool = False
     """CBAM-style channel + spatial gates."""
     mouth_focused: bool = False
-    """A learned spatial gate whose odds are multiplied by ``mouth_region_weight`` in the mouth box."""
+    """A learned spatial gate whose odds are multiplied by ``mouth_region_weight`` inside the
+    mouth box."""
     multi_scale: bool = False
     """Spatial attention computed at each of ``scales`` (pooled) and combined."""
     adaptive_fusion: bool = False
@@ -120,6 +121,9 @@ class AugmentationConfig(Strict):
     affine_jitter_px: Annotated[float, Field(ge=0.0, le=16.0)] = 2.0
     blur_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     blur_sigma: Annotated[float, Field(ge=0.0, le=3.0)] = 0.6
+    references: Literal["same", "independent", "none"] = "same"
+    """How reference frames are augmented: with the clip's own parameters ("same": one camera,
+    one look), with parameters of their own ("independent"), or not at all ("none")."""
 
 
 class DataConfig(Strict):
@@ -135,6 +139,15 @@ class DataConfig(Strict):
     clip_len: Annotated[int, Field(ge=2)] = 5
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
+    crop_margin: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
+    """Crop radius = max(nose-to-chin, mouth width) / 2 * margin (DINet draws 1.05-1.15 at
+    random; a fixed value keeps preparation reproducible)."""
+    crop_smoothing_frames: Annotated[int, Field(ge=1)] = 5
+    """Moving-average window (frames) of the crop centre; the radius is fixed per video."""
+    min_face_coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    """Skip a video whose landmarks are valid in fewer than this share of frames."""
+    frame_encoding: Literal["png", "jpeg"] = "png"
+    """How crops are stored in the shards: lossless PNG (default) or JPEG (quality 95)."""
 
     @property
     def feature_dim(self) -> int:

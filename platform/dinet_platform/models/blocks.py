@@ -139,4 +139,4 @@ def scaled(channels: int, width: float) -> int:
     """Channels at a width multiplier: exact at 1.0, otherwise a multiple of 4 (at least 8)."""
     if width == 1.0:
         return channels
-    return max(8, int(round(channels * width / 4)) * 4)
+    return max(8, round(channels * width / 4) * 4)

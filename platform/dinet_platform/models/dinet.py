@@ -117,8 +117,11 @@ class DINet(nn.Module):
 
     # -- the reference/frame split used by inference ------------------------------------------
 
-    def encode_reference(self, ref_img: torch.Tensor) -> ReferenceFeatures:
+    def encode_reference(
+        self, ref_img: torch.Tensor, attention_maps: dict | None = None
+    ) -> ReferenceFeatures:
         ref_in_feature = self.ref_in_conv(_pad_to_multiple_of_4(ref_img))
+        ref_in_feature = self._attend("reference", ref_in_feature, attention_maps)
         return ReferenceFeatures(ref_in_feature, self.appearance_conv_list[0](ref_in_feature))
 
     def generate(
@@ -126,18 +129,25 @@ class DINet(nn.Module):
         source_img: torch.Tensor,
         audio_feature: torch.Tensor,
         reference: ReferenceFeatures,
+        attention_maps: dict | None = None,
     ) -> torch.Tensor:
         height, width = source_img.shape[-2:]
         reference = reference.expand(source_img.shape[0])
         source_in_feature = self.source_in_conv(_pad_to_multiple_of_4(source_img))
+        source_in_feature = self._attend("source", source_in_feature, attention_maps)
         img_para = self.trans_conv(torch.cat([source_in_feature, reference.ref_in_feature], 1))
         img_para = self.global_avg2d(img_para).flatten(1)
         audio_para = self.global_avg1d(self.audio_encoder(audio_feature)).flatten(1)
         trans_para = torch.cat([img_para, audio_para], 1)
         warped = self.adaAT(reference.appearance, trans_para)
         warped = self.appearance_conv_list[1](warped)
+        warped = self._attend("appearance", warped, attention_maps)
         out = self.out_conv(torch.cat([source_in_feature, warped], 1))
         return out[..., :height, :width]
+
+    def _attend(self, position: str, x: torch.Tensor, maps: dict | None) -> torch.Tensor:
+        """Attention hook at the named position; plain DINet has none."""
+        return x
 
     def forward(
         self, source_img: torch.Tensor, ref_img: torch.Tensor, audio_feature: torch.Tensor
