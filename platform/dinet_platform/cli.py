@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,8 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect and validate configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console()
+# Wide enough for the summary tables when output goes to a log instead of a terminal.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="YAML config file.", exists=False)

@@ -92,3 +92,12 @@ def sync_loss(similarity: torch.Tensor, in_sync: torch.Tensor | bool = True) -> 
     probability = ((similarity + 1) / 2).clamp(1e-6, 1 - 1e-6)
     target = torch.as_tensor(in_sync, dtype=probability.dtype, device=probability.device)
     return F.binary_cross_entropy(probability, target.expand_as(probability))
+
+
+def clip_audio_track(clip_audio: torch.Tensor) -> torch.Tensor:
+    """The audio the sync expert hears for a clip: each frame's own (centre) feature vector.
+
+    ``clip_audio`` is (B, T, C, A) — for each of T frames a window of A feature frames centred
+    on it — and the result is (B, C, T), the features aligned one-to-one with the T frames.
+    """
+    return clip_audio[..., clip_audio.shape[-1] // 2].transpose(1, 2)

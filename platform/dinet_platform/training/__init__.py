@@ -1,0 +1,1 @@
+"""Training: the stage objective (plain PyTorch) and its Ray Train / MLflow orchestration."""
