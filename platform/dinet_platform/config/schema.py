@@ -100,8 +100,13 @@ class LossConfig(Strict):
     """Path to VGG19 weights (torchvision ``vgg19`` state_dict layout) for ``vgg19``."""
     gan: NonNegative = 1.0
     sync: NonNegative = 0.0
-    """Sync-expert loss; 0 disables it (it needs a trained sync expert)."""
+    """Sync-expert loss; 0 disables it (it needs a trained sync expert, ``sync_expert``)."""
+    sync_expert: str | None = None
+    """The sync expert's weights: a local file, an MLflow run id or an artifact URI."""
     temporal: TemporalWeights = Field(default_factory=TemporalWeights)
+    adaptive_start_scale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Adaptive re-weighting across stages: the perceptual and temporal weights are scaled by
+    this factor in the first stage and ramp linearly to full weight in the last (1.0: off)."""
 
     @model_validator(mode="after")
     def _vgg_needs_weights(self) -> LossConfig:
@@ -109,6 +114,11 @@ class LossConfig(Strict):
             raise ValueError(
                 "perceptual_kind 'vgg19' needs vgg19_weights (a local weights file); nothing is "
                 "downloaded. Use perceptual_kind 'ms_ssim' for a loss that needs no weights"
+            )
+        if self.sync > 0 and not self.sync_expert:
+            raise ValueError(
+                "sync > 0 needs sync_expert (a trained sync expert: file, run id or URI; "
+                "train one with `dinet train-syncnet`)"
             )
         return self
 
