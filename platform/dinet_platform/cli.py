@@ -59,6 +59,56 @@ def config_validate(
     console.print(f"[green]ok[/green] {config}: {len(cfg.stages)} stages (mouth {sizes})")
 
 
+@app.command("train")
+def train(
+    config: ConfigOption = Path("configs/demo.yaml"),
+    overrides: SetOption = None,
+    from_stage: Annotated[int | None, typer.Option(help="First stage (mouth size).")] = None,
+    to_stage: Annotated[int | None, typer.Option(help="Last stage (mouth size).")] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(help="Start the first stage from an MLflow run id, a checkpoint URI or a "
+                     "public DINet checkpoint file."),
+    ] = None,
+    shards: Annotated[
+        str | None, typer.Option(help="Prepared shards (default: data.shards).")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray dashboard address (http://HEAD:8265): submit each stage as a "
+                     "Ray Job there instead of running on an embedded local Ray."),
+    ] = None,
+) -> None:
+    """Train the multiscale pipeline: one Ray Train run per stage, tracked in MLflow."""
+    cfg = load_or_exit(config, overrides)
+    try:
+        if address:
+            from dinet_platform.training.schedule import select_stages
+            from dinet_platform.training.submit import submit_pipeline
+
+            stages = [s.mouth_size for s in select_stages(cfg, from_stage, to_stage)]
+            submit_pipeline(address, config, stages, overrides or [], init_from, shards, console)
+            return
+        from dinet_platform.tracking import client_for
+        from dinet_platform.training.pipeline import run_pipeline
+
+        run_pipeline(cfg, client_for(cfg.tracking), from_stage=from_stage, to_stage=to_stage,
+                     init_from=init_from, shards=shards, console=console)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("check-models")
+def check_models(
+    config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None
+) -> None:
+    """Build the config's networks and time two training steps at every stage resolution."""
+    from dinet_platform.training.smoke import check_stages
+
+    console.print(check_stages(load_or_exit(config, overrides)))
+
+
 @app.command("demo")
 def demo(config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None) -> None:
     """Run the end-to-end demo at the demo config."""

@@ -1,77 +1,54 @@
-"""The main job behind ``make demo``.
+"""The main job behind ``make demo``: the platform end to end at the demo config.
 
-For now: for every stage of the config, build the generator, both discriminators and the sync
-expert, run two full training steps (discriminators, then the generator on the whole objective)
-at that stage's resolution and batch size, and print parameters and timings.
+So far: generate synthetic talking-face videos, preprocess them into shards with Ray Data, and
+train every stage of the config as its own Ray Train run (MLflow parent + child runs). Every
+step is idempotent, so a second run reuses what is still valid: the same videos, the same
+shards, and the pipeline run whose stages already finished.
 """
 
 from __future__ import annotations
 
 import time
 
-import torch
 from rich.console import Console
-from rich.table import Table
 
 from dinet_platform.config import DINetConfig
-from dinet_platform.geometry import crop_geometry
-from dinet_platform.models import build_discriminators, build_generator, build_syncnet
-from dinet_platform.models.factory import count_parameters
-from dinet_platform.training.objective import (
-    ClipGenerator,
-    StageObjective,
-    example_batch,
-    make_optimizers,
-    train_step,
-)
+from dinet_platform.data.prepare import prepare_dataset
+from dinet_platform.data.synth import synthesize_dataset
+from dinet_platform.paths import dinet_home
+from dinet_platform.ray_runtime import ray_session
+from dinet_platform.tracking import client_for
+from dinet_platform.training.pipeline import run_pipeline
+from dinet_platform.training.stage import default_shards
+
+DEMO_VIDEOS = 8
+DEMO_SECONDS = 4.0
 
 
 def run_demo(config: DINetConfig, console: Console) -> None:
-    torch.manual_seed(config.training.seed)
-    clip_len = config.data.clip_len
-    syncnet = build_syncnet(config.model, frames=clip_len)
-    table = Table(title=f"{config.name}: two training steps per stage (CPU, fp32)")
-    columns = ("stage", "crop", "batch", "G params", "D params", "first step ms", "step ms",
-               "ms/frame", "G loss")
-    for column in columns:
-        table.add_column(column, justify="right")
+    started = time.perf_counter()
+    home = dinet_home()
+    videos = home / "demo" / "videos"
+    shards = default_shards(config)
+    client = client_for(config.tracking)
 
-    for stage in config.stages:
-        generator = build_generator(config.model)
-        discriminators = build_discriminators(config.model, clip_len=clip_len)
-        objective = StageObjective(config.loss, stage.mouth_size, syncnet=syncnet)
-        optimizers = make_optimizers(generator, discriminators, stage.lr)
-        batch = example_batch(
-            stage.mouth_size,
-            stage.batch_size,
-            clip_len=clip_len,
-            audio_channels=config.model.audio_channels,
-            audio_window=config.data.audio_window,
-        )
-        clip_generator = ClipGenerator(generator)
-        # The first step pays one-time costs (kernel selection, allocator growth).
-        step_ms = []
-        for _ in range(2):
-            start = time.perf_counter()
-            losses = train_step(clip_generator, discriminators, objective, optimizers, batch)
-            step_ms.append((time.perf_counter() - start) * 1e3)
-        height, width = crop_geometry(stage.mouth_size).crop_shape
-        d_params = sum(count_parameters(m) for m in discriminators.modules().values())
-        frames = stage.batch_size * clip_len
-        table.add_row(
-            str(stage.mouth_size),
-            f"{height}x{width}",
-            f"{stage.batch_size}x{clip_len}",
-            f"{count_parameters(generator):,}",
-            f"{d_params:,}",
-            f"{step_ms[0]:.0f}",
-            f"{step_ms[1]:.0f}",
-            f"{step_ms[1] / frames:.1f}",
-            f"{losses['g_total']:.3f}",
-        )
-    console.print(table)
-    console.print(
-        f"sync expert: {count_parameters(syncnet):,} parameters "
-        f"(sync loss weight {config.loss.sync}); model variant {config.model.variant}, "
-        f"width {config.model.width}"
-    )
+    console.rule("1. synthetic talking faces")
+    clips = synthesize_dataset(videos, DEMO_VIDEOS, DEMO_SECONDS, seed=config.training.seed)
+    console.print(f"{len(clips)} clips of {DEMO_SECONDS:g}s in {videos}")
+
+    with ray_session():
+        console.rule("2. preprocessing (Ray Data -> Parquet shards)")
+        largest = max(stage.mouth_size for stage in config.stages)
+        report = prepare_dataset(videos, shards, config=config.data, mouth_size=largest,
+                                 log=console.print)
+        counts = report.manifest["counts"]
+        console.print(f"{counts['videos_ok']} videos ({counts['train_videos']} train, "
+                      f"{counts['val_videos']} held out), {counts['frames']} frames in {shards}")
+
+        console.rule("3. multiscale training (one Ray Train run per stage)")
+        result = run_pipeline(config, client, shards=shards, console=console)
+
+    console.rule("done")
+    console.print(f"finished in {time.perf_counter() - started:.0f}s; everything is under {home}")
+    console.print(f"pipeline MLflow run: {result.run_id}")
+    console.print(f"browse the runs: mlflow ui --backend-store-uri {client.tracking_uri}")

@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dinet_platform.config.schema import ModelConfig
+from dinet_platform.models.factory import build_syncnet
+from dinet_platform.models.syncnet import SyncNet
+
 log = logging.getLogger(__name__)
 
 # Parameters that may legitimately be absent from a checkpoint: the attention modules, which a
 # plain DINet checkpoint does not have and which start as the identity.
 FRESH_PREFIXES = ("attention.",)
+SYNCNET_FILE = "syncnet.pt"
 
 
 @dataclass
@@ -75,3 +80,22 @@ def load_generator_weights(
     if fresh:
         log.warning("initialised %d attention parameters fresh (not in checkpoint)", len(fresh))
     return LoadReport(fresh=fresh)
+
+
+def load_syncnet(path: str | Path, config: ModelConfig, frames: int) -> SyncNet:
+    """A frozen sync expert from a weights file (``{"state_dict": ...}`` or a bare state_dict)."""
+    path = Path(path)
+    file = path / SYNCNET_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"sync expert weights not found: {file}")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    model = build_syncnet(config, frames=frames)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{file} does not match the sync expert of this config (model.syncnet_width, "
+            f"model.audio_channels, data.clip_len): {exc}"
+        ) from None
+    return model.requires_grad_(False).eval()

@@ -162,7 +162,8 @@ class ClipGenerator(nn.Module):
         return fake.view(batch_size, frames, *fake.shape[1:])
 
 
-def _unwrapped(module: nn.Module) -> nn.Module:
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (or the module itself)."""
     return module.module if isinstance(module, DistributedDataParallel) else module
 
 
@@ -213,7 +214,7 @@ def train_step(
     optimizers.clip_discriminator.step()
 
     # Generator: the discriminators are fixed for this half of the step.
-    frozen = Discriminators(_unwrapped(discriminators.frame), _unwrapped(discriminators.clip))
+    frozen = Discriminators(unwrapped(discriminators.frame), unwrapped(discriminators.clip))
     for module in frozen.modules().values():
         module.requires_grad_(False)
     try:

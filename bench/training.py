@@ -1,0 +1,142 @@
+"""Training throughput: a plain PyTorch loop vs the same steps in Ray Train (1 and 2 workers).
+
+    python bench/training.py [--out FILE.json] [--config configs/demo.yaml] [--stage 64]
+                             [--steps 12] [--warmup 2]
+
+Every variant runs the platform's own ``train_step`` (discriminators, then the generator on the
+full objective) on the same in-memory batch of the stage's shape, so the difference is what
+Ray Train and DDP add, not data loading. Steady state is samples/s over ``--steps`` steps after
+``--warmup``; a sample is one clip of ``data.clip_len`` frames. The 1-worker run gets the same
+2 threads as the plain loop; the 2-worker run splits them, 1 thread each (DDP over gloo).
+
+Start-up cost of a stage = from ``TorchTrainer.fit()`` to the end of the first step (worker
+group, process group, model build, first step); Ray itself is started once beforehand, as the
+pipeline does, and its start is reported on its own line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from common import markdown_table, write_json
+from dinet_platform.config import DINetConfig, load_config
+from dinet_platform.models import build_discriminators, build_generator
+from dinet_platform.training.objective import (
+    ClipGenerator,
+    Discriminators,
+    StageObjective,
+    example_batch,
+    make_optimizers,
+    train_step,
+)
+from dinet_platform.training.schedule import stage_loss_weights
+from ray.train.torch import TorchTrainer
+
+
+def run_steps(config: DINetConfig, mouth_size: int, steps: int, warmup: int, threads: int,
+              distributed: bool) -> dict[str, float]:
+    """Build the stage's networks and time ``steps`` training steps after ``warmup``."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    stage = config.stage(mouth_size)
+    generator = ClipGenerator(build_generator(config.model))
+    discriminators = build_discriminators(config.model, clip_len=config.data.clip_len)
+    if distributed:
+        generator = ray.train.torch.prepare_model(generator)
+        discriminators = Discriminators(
+            ray.train.torch.prepare_model(discriminators.frame),
+            ray.train.torch.prepare_model(discriminators.clip),
+        )
+    objective = StageObjective(stage_loss_weights(config, mouth_size), mouth_size)
+    optimizers = make_optimizers(generator, discriminators, stage.lr)
+    batch = example_batch(mouth_size, stage.batch_size, config.data.clip_len,
+                          config.model.audio_channels, config.data.audio_window)
+    train_step(generator, discriminators, objective, optimizers, batch)
+    first_step_at = time.time()
+    for _ in range(warmup):
+        train_step(generator, discriminators, objective, optimizers, batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(generator, discriminators, objective, optimizers, batch)
+    elapsed = time.perf_counter() - start
+    return {"samples_per_s": steps * stage.batch_size / elapsed, "first_step_at": first_step_at}
+
+
+def _worker(loop_config: dict) -> None:
+    config = DINetConfig.model_validate(loop_config["config"])
+    stats = run_steps(config, loop_config["mouth_size"], loop_config["steps"],
+                      loop_config["warmup"], loop_config["threads"], distributed=True)
+    world = ray.train.get_context().get_world_size()
+    ray.train.report({**stats, "samples_per_s": stats["samples_per_s"] * world})
+
+
+def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, steps: int,
+            warmup: int) -> dict[str, float]:
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "mouth_size": mouth_size,
+                           "steps": steps, "warmup": warmup, "threads": threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers,
+                                               resources_per_worker={"CPU": threads}),
+        run_config=ray.train.RunConfig(name=f"bench-{workers}w-{time.time_ns()}",
+                                       storage_path="/tmp/dinet-bench-ray"),
+    )
+    started = time.time()
+    metrics = trainer.fit().metrics
+    return {"samples_per_s": metrics["samples_per_s"],
+            "time_to_first_step_s": metrics["first_step_at"] - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out")
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--stage", type=int, default=64, help="mouth size of the stage")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    config = load_config(args.config)
+    cpus = 2
+
+    build_started = time.time()
+    plain = run_steps(config, args.stage, args.steps, args.warmup, cpus, distributed=False)
+    rows = [{"variant": "plain", "workers": 1, "threads": cpus,
+             "samples_per_s": plain["samples_per_s"],
+             "time_to_first_step_s": plain["first_step_at"] - build_started}]
+
+    ray_started = time.perf_counter()
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    ray_init_s = time.perf_counter() - ray_started
+    try:
+        for workers in (1, 2):
+            stats = run_ray(config, args.stage, workers, cpus // workers, args.steps,
+                            args.warmup)
+            rows.append({"variant": f"ray_train_{workers}w", "workers": workers,
+                         "threads": cpus // workers, **stats})
+    finally:
+        ray.shutdown()
+
+    base = rows[0]["samples_per_s"]
+    for row in rows:
+        row.update(config=args.config, mouth_size=args.stage,
+                   batch_size=config.stage(args.stage).batch_size,
+                   clip_len=config.data.clip_len,
+                   vs_plain=row["samples_per_s"] / base,
+                   overhead=1 - row["samples_per_s"] / base)
+    print(f"\n{args.config}, stage {args.stage}, {args.steps} timed steps; "
+          f"Ray started in {ray_init_s:.1f}s (once per pipeline, not per stage)\n")
+    print(markdown_table(rows, ["variant", "workers", "threads", "samples_per_s", "vs_plain",
+                                "overhead", "time_to_first_step_s"]))
+    write_json(args.out, {"ray_init_s": ray_init_s, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""The Ray Train worker function: train one resolution stage with DDP.
+
+Every worker builds the networks, restores state (a checkpoint of this run when Ray Train
+restarts the worker group, else the stage's init checkpoint), then per epoch trains on its
+shard of the ``train`` dataset, validates on its shard of ``val`` (metrics all-reduced across
+workers) and reports. Rank 0 writes the checkpoint, logs the epoch's metrics and images to the
+stage's MLflow run, and prints progress.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from dinet_platform.config.schema import DINetConfig
+from dinet_platform.geometry import Box, crop_geometry
+from dinet_platform.models import (
+    Discriminators,
+    build_discriminators,
+    build_generator,
+    build_syncnet,
+    load_generator_weights,
+)
+from dinet_platform.models.syncnet import SyncNet
+from dinet_platform.training.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+)
+from dinet_platform.training.images import attention_grid, sample_grid, write_png
+from dinet_platform.training.objective import (
+    ClipGenerator,
+    StageObjective,
+    make_optimizers,
+    train_step,
+    unwrapped,
+)
+from dinet_platform.training.schedule import stage_loss_weights
+from dinet_platform.training.validation import ValidationAccumulator
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """``loop_config``: ``config`` (resolved DINetConfig dict), ``mouth_size``, and optional
+    object refs ``init_state`` (``{"generator", "discriminators"?}`` state dicts) and
+    ``sync_expert`` (state_dict), and ``mlflow`` (``{"tracking_uri", "run_id"}``)."""
+    config = DINetConfig.model_validate(loop_config["config"])
+    mouth_size = int(loop_config["mouth_size"])
+    stage = config.stage(mouth_size)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config.training.seed + rank)
+    tracker = _Tracker(loop_config.get("mlflow")) if rank == 0 else None
+
+    generator = build_generator(config.model)
+    discriminators = build_discriminators(config.model, clip_len=config.data.clip_len)
+    state, start_epoch = _restore(loop_config, generator, discriminators)
+    if tracker and start_epoch > 0:
+        tracker.log({"resumed_from_epoch": float(start_epoch)}, step=start_epoch)
+
+    clip_generator = ray.train.torch.prepare_model(ClipGenerator(generator))
+    wrapped = Discriminators(
+        ray.train.torch.prepare_model(discriminators.frame),
+        ray.train.torch.prepare_model(discriminators.clip),
+    )
+    optimizers = make_optimizers(clip_generator, wrapped, stage.lr)
+    if state is not None and state.get("optimizers"):
+        optimizers.load_state_dict(state["optimizers"])
+
+    syncnet = _sync_expert(loop_config, config)
+    objective = StageObjective(stage_loss_weights(config, mouth_size), mouth_size, syncnet)
+    objective.to(device)
+    use_amp = device.type == "cuda" and config.training.mixed_precision
+    autocast_dtype = torch.bfloat16 if use_amp else None
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    epoch_times: list[float] = []
+    for epoch in range(start_epoch, stage.epochs):
+        started = time.perf_counter()
+        clip_generator.train()
+        sums: dict[str, float] = defaultdict(float)
+        steps = 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=stage.batch_size, device=device, drop_last=True
+        ):
+            if config.training.steps_per_epoch and steps >= config.training.steps_per_epoch:
+                break
+            for name, value in train_step(
+                clip_generator, wrapped, objective, optimizers, batch, autocast_dtype
+            ).items():
+                sums[name] += value
+            steps += 1
+        if steps == 0:
+            raise RuntimeError(
+                f"worker {rank} got no full training batch of {stage.batch_size} at mouth "
+                f"{mouth_size}: too little training data for this batch size and worker count"
+            )
+        metrics = {f"train_{k}": v / steps for k, v in sums.items()}
+        val_metrics, sample_batch = _validate(clip_generator, val_shard, stage.batch_size, device)
+        metrics.update(val_metrics)
+        epoch_times.append(time.perf_counter() - started)
+        metrics.update(epoch=float(epoch), lr=stage.lr, steps=float(steps),
+                       epoch_time_s=epoch_times[-1])
+
+        with tempfile.TemporaryDirectory(prefix="dinet-ckpt-") as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(tmp, {
+                    "generator": generator.state_dict(),
+                    "discriminators": {
+                        "frame": discriminators.frame.state_dict(),
+                        "clip": discriminators.clip.state_dict(),
+                    },
+                    "optimizers": optimizers.state_dict(),
+                    "epoch": epoch,
+                    "mouth_size": mouth_size,
+                    "config": config.model_dump(mode="json"),
+                    "metrics": metrics,
+                })
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                if tracker:
+                    tracker.log(metrics, step=epoch)
+                    tracker.log_images(generator, sample_batch, epoch,
+                                       crop_geometry(mouth_size).mouth)
+                _print_progress(mouth_size, epoch, stage.epochs, metrics, epoch_times)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _restore(
+    loop_config: dict[str, Any], generator: torch.nn.Module, discriminators: Discriminators
+) -> tuple[dict[str, Any] | None, int]:
+    """Resume this run's checkpoint, or start from the init checkpoint, or from scratch."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        _load_networks(state, generator, discriminators)
+        return state, int(state["epoch"]) + 1
+    if loop_config.get("init_state") is not None:
+        init = ray.get(loop_config["init_state"])
+        load_generator_weights(generator, init["generator"])
+        for name, module in discriminators.modules().items():
+            if "discriminators" in init:
+                module.load_state_dict(init["discriminators"][name])
+    return None, 0
+
+
+def _load_networks(
+    state: dict[str, Any], generator: torch.nn.Module, discriminators: Discriminators
+) -> None:
+    load_generator_weights(generator, state["generator"])
+    for name, module in discriminators.modules().items():
+        module.load_state_dict(state["discriminators"][name])
+
+
+def _sync_expert(loop_config: dict[str, Any], config: DINetConfig) -> SyncNet | None:
+    if config.loss.sync <= 0 or loop_config.get("sync_expert") is None:
+        return None
+    syncnet = build_syncnet(config.model, frames=config.data.clip_len)
+    syncnet.load_state_dict(ray.get(loop_config["sync_expert"]))
+    return syncnet.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def _validate(
+    clip_generator: torch.nn.Module, val_shard, batch_size: int, device: torch.device
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Metrics over every worker's validation shard, and this worker's first batch (for the
+    epoch's images: the shard is a synchronised split and cannot be read again alone)."""
+    generator = unwrapped(clip_generator)
+    generator.eval()
+    accumulator = ValidationAccumulator(device)
+    first_batch = None
+    for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
+        first_batch = first_batch or batch
+        fake = generator(batch["clip_source"], batch["reference"], batch["clip_audio"])
+        accumulator.add(fake, batch["clip"], batch["mouth_mask"])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(accumulator.sums)
+    generator.train()
+    if first_batch is None:
+        raise RuntimeError("a worker got no validation batch: too few held-out samples")
+    return accumulator.means(), first_batch
+
+
+def _print_progress(
+    mouth_size: int, epoch: int, epochs: int, metrics: dict[str, float], times: list[float]
+) -> None:
+    eta = sum(times) / len(times) * (epochs - epoch - 1)
+    print(
+        f"[stage {mouth_size}] epoch {epoch + 1}/{epochs}  "
+        f"loss {metrics['train_g_total']:.4f}  mouth PSNR {metrics['val_mouth_psnr']:.2f} dB  "
+        f"SSIM {metrics['val_mouth_ssim']:.3f}  temporal {metrics['val_temporal_error']:.4f}  "
+        f"({times[-1]:.1f}s/epoch, ETA {eta:.0f}s)",
+        flush=True,
+    )
+
+
+class _Tracker:
+    """Rank 0's MLflow logging into the stage run the driver created."""
+
+    def __init__(self, settings: dict[str, str] | None):
+        self.run_id = settings["run_id"] if settings else None
+        self.client = MlflowClient(settings["tracking_uri"]) if settings else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_images(
+        self, generator: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int, mouth: Box
+    ) -> None:
+        if self.client is None:
+            return
+        generator.eval()
+        source, reference = batch["clip_source"][:, 0], batch["reference"]
+        audio = batch["clip_audio"][:, 0]
+        with torch.no_grad():
+            if hasattr(generator, "attention") and len(generator.attention):
+                fake, maps = generator(source, reference, audio, return_attention=True)
+            else:
+                fake, maps = generator(source, reference, audio), {}
+        generator.train()
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = write_png(Path(tmp) / f"epoch_{epoch:03d}.png",
+                             sample_grid(source, fake, batch["clip"][:, 0], mouth))
+            self.client.log_artifact(self.run_id, str(grid), artifact_path="samples")
+            if maps:
+                first = {name: m[0] for name, m in maps.items()}
+                heat = write_png(Path(tmp) / f"epoch_{epoch:03d}.png",
+                                 attention_grid(batch["clip"][0, 0], first))
+                self.client.log_artifact(self.run_id, str(heat), artifact_path="attention")

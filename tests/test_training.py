@@ -1,0 +1,185 @@
+"""Multiscale training on a real local Ray with 2 CPU workers, tracked in a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from dinet_platform.cli import app
+from dinet_platform.config import load_config
+from dinet_platform.tracking import PARENT_TAG, client_for, experiment_id
+from dinet_platform.training.checkpoint import load_checkpoint
+from dinet_platform.training.pipeline import run_pipeline
+from dinet_platform.training.stage import check_stage_inputs
+from typer.testing import CliRunner
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "variant": "dinet_attention",
+        "width": 0.125,
+        "discriminator_width": 0.125,
+        "syncnet_width": 0.125,
+        "attention": {"mouth_focused": True, "reduction": 4, "positions": ["appearance"]},
+    },
+    "stages": [
+        {"mouth_size": 64, "epochs": 2, "batch_size": 2, "lr": 1e-3},
+        # lr ~ 0: stage 96 must end where stage 64 ended if it started from its weights.
+        {"mouth_size": 96, "epochs": 1, "batch_size": 2, "lr": 1e-12},
+    ],
+    "data": {"clip_len": 3},
+    "training": {"num_workers": 2, "cpus_per_worker": 0.5, "steps_per_epoch": 2,
+                 "max_failures": 1},
+}
+
+
+def write_config(tmp_path: Path, shards: Path, **changes) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["data"]["shards"] = str(shards)
+    for key, value in changes.items():
+        data[key] = value
+    path = tmp_path / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_pipeline_hands_weights_from_stage_to_stage_and_resumes(
+    ray_local, prepared_dir, home, tmp_path
+):
+    config = load_config(write_config(tmp_path, prepared_dir))
+    client = client_for(config.tracking)
+
+    # "Interrupted" after the first stage: only 64 ran.
+    first = run_pipeline(config, client, to_stage=64)
+    assert [s.mouth_size for s in first.stages] == [64]
+    # Re-run: stage 64 is skipped, only 96 runs, from 64's final weights.
+    second = run_pipeline(config, client)
+    assert second.run_id == first.run_id
+    assert [(s.mouth_size, s.skipped) for s in second.stages] == [(64, True), (96, False)]
+
+    stage64, stage96 = second.stages
+    weights = {}
+    for outcome in (stage64, stage96):
+        local = client.download_artifacts(outcome.run_id, "checkpoint", str(tmp_path / str(
+            outcome.mouth_size)))
+        state = load_checkpoint(local)
+        assert state["mouth_size"] == outcome.mouth_size
+        weights[outcome.mouth_size] = state["generator"]
+    params = [k for k in weights[64] if "running_" not in k and "num_batches" not in k]
+    for key in params:
+        torch.testing.assert_close(weights[96][key], weights[64][key], atol=1e-6, rtol=0)
+
+    # MLflow: one parent, two finished children with per-epoch metrics and artifacts.
+    experiment = experiment_id(client, config.tracking.experiment)
+    children = client.search_runs([experiment], f"tags.`{PARENT_TAG}` = '{first.run_id}'")
+    assert sorted(r.data.tags["dinet.stage"] for r in children) == ["64", "96"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(stage64.run_id, "val_mouth_psnr")
+    assert sorted(m.step for m in history) == [0, 1]
+    files = artifact_paths(client, stage64.run_id)
+    assert {"config.yaml", "checkpoint/checkpoint.pt", "samples/epoch_000.png",
+            "attention/epoch_001.png"} <= files
+    run = client.get_run(stage96.run_id)
+    assert run.data.params["init_from"] == stage64.run_id
+    assert run.data.metrics["best_val_mouth_ssim"] > 0
+
+
+def train_worker_pids() -> list[int]:
+    """PIDs of live Ray Train worker processes (Ray titles them ``ray::RayTrainWorker...``)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"RayTrainWorker" in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return sorted(pids)
+
+
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, prepared_dir, home, tmp_path):
+    path = write_config(
+        tmp_path, prepared_dir, name="faulty",
+        stages=[{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}],
+    )
+    config = load_config(path)
+    client = client_for(config.tracking)
+    experiment = experiment_id(client, config.tracking.experiment)
+    outcome: dict = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(result=run_pipeline(config, client)), daemon=True
+    )
+    worker.start()
+
+    deadline = time.monotonic() + 600
+    killed = None
+    while killed is None and time.monotonic() < deadline and worker.is_alive():
+        runs = client.search_runs([experiment], "tags.`dinet.kind` = 'stage'")
+        if runs and client.get_metric_history(runs[0].info.run_id, "epoch")[-1:] and any(
+            m.value >= 1 for m in client.get_metric_history(runs[0].info.run_id, "epoch")
+        ):
+            workers = train_worker_pids()
+            if workers:
+                killed = workers[-1]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    assert killed is not None, "the stage ended before a worker could be killed"
+    worker.join(timeout=600)
+    assert not worker.is_alive()
+
+    stage = outcome["result"].stages[0]
+    epochs = client.get_metric_history(stage.run_id, "epoch")
+    assert {m.value for m in epochs} == {0.0, 1.0, 2.0}
+    resumed = client.get_metric_history(stage.run_id, "resumed_from_epoch")
+    assert resumed and resumed[-1].value >= 1
+    state = load_checkpoint(client.download_artifacts(stage.run_id, "checkpoint",
+                                                      str(tmp_path / "ckpt")))
+    assert state["epoch"] == 2
+    running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+    assert running == []
+
+
+def test_bad_inputs_fail_before_any_worker_starts(prepared_dir, home, tmp_path):
+    config = load_config(write_config(tmp_path, prepared_dir))
+    client = client_for(config.tracking)
+    with pytest.raises(ValueError, match="training data"):
+        check_stage_inputs(config, 64, client, shards=tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_stage_inputs(config, 64, client, init_from="0" * 32)
+    wider = load_config(write_config(tmp_path, prepared_dir, name="wider"),
+                        ["model.width=0.25"])
+    from dinet_platform.models import build_generator
+
+    checkpoint = tmp_path / "other_width.pth"
+    torch.save(build_generator(wider.model).state_dict(), checkpoint)
+    with pytest.raises(ValueError, match="does not fit"):
+        check_stage_inputs(config, 64, client, init_from=str(checkpoint))
+    with pytest.raises(ValueError, match="no stage with mouth size 80"):
+        check_stage_inputs(config, 80, client)
+
+
+def test_train_command_reports_bad_input_with_exit_code(prepared_dir, home, tmp_path):
+    path = write_config(tmp_path, tmp_path / "missing-shards")
+    result = CliRunner().invoke(app, ["train", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "training data" in result.output
