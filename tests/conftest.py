@@ -21,7 +21,7 @@ SYNTH_SIZE = 160
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[object]:
-    """A local Ray (2 CPUs, no dashboard) shared by every test of the session.
+    """A local Ray (2 CPUs, dashboard on a free loopback port) shared by every test.
 
     Idempotent: if Ray is already initialised (by another fixture or the test runner) it is
     reused and left running; only a Ray started here is shut down at the end.
@@ -30,16 +30,10 @@ def ray_local() -> Iterator[object]:
 
     started = False
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=False,
-            object_store_memory=512 * 1024 * 1024,
-        )
+        from dinet_platform.ray_runtime import start_local_ray
+
+        start_local_ray(num_cpus=2, log_to_driver=False, object_store_memory=512 * 1024 * 1024)
         started = True
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
     yield ray
     if started:
         ray.shutdown()

@@ -51,7 +51,7 @@ def test_sync_term_uses_the_frozen_expert():
     syncnet = build_syncnet(MODEL, frames=3)
     expert_before = snapshot(syncnet)
     generator, discriminators, objective, optimizers, batch = setup(
-        LossConfig(sync=0.1), syncnet=syncnet
+        LossConfig(sync=0.1, sync_expert="expert.pt"), syncnet=syncnet
     )
     losses = train_step(generator, discriminators, objective, optimizers, batch)
     assert losses["g_sync"] > 0
@@ -64,3 +64,20 @@ def test_step_runs_at_higher_stage_sizes(mouth_size):
     generator, discriminators, objective, optimizers, batch = setup(LossConfig(), mouth_size)
     losses = train_step(generator, discriminators, objective, optimizers, batch)
     assert losses["g_total"] > 0
+
+
+def test_check_models_command_times_every_stage(tmp_path):
+    from dinet_platform.cli import app
+    from typer.testing import CliRunner
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {width: 0.125, discriminator_width: 0.125}\n"
+        "stages:\n"
+        "  - {mouth_size: 64, epochs: 1, batch_size: 1, lr: 1.0e-4}\n"
+        "  - {mouth_size: 96, epochs: 1, batch_size: 1, lr: 1.0e-4}\n"
+        "data: {clip_len: 2}\n"
+    )
+    result = CliRunner().invoke(app, ["check-models", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "104x80" in result.output and "156x120" in result.output

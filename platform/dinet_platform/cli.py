@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +32,18 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override one field, e.g. --set loss.temporal.frame_diff=5"),
 ]
+
+
+def _interrupt_on_sigterm(*_args) -> None:
+    # A SIGTERM (job stopped, container shut down) unwinds like Ctrl-C, so every command's
+    # cleanup runs: MLflow runs are marked KILLED and a Ray started here is shut down.
+    raise KeyboardInterrupt
+
+
+@app.callback()
+def _main() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 def load_or_exit(config: Path, overrides: list[str] | None):
@@ -94,6 +108,42 @@ def train(
 
         run_pipeline(cfg, client_for(cfg.tracking), from_stage=from_stage, to_stage=to_stage,
                      init_from=init_from, shards=shards, console=console)
+    except (ValueError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("sweep")
+def sweep(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Sweep YAML.")] = Path(
+        "configs/sweep.yaml"
+    ),
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray dashboard address: run the sweep there as a Ray Job."),
+    ] = None,
+) -> None:
+    """Search loss weights and attention switches with Ray Tune (ASHA + Optuna)."""
+    from dinet_platform.config.sweep import load_sweep_config
+
+    try:
+        sweep_config, base = load_sweep_config(config)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        if address:
+            from dinet_platform.training.submit import submit_job
+
+            submit_job(address, ["python", "jobs/sweep.py", "--config", config], console)
+            return
+        from dinet_platform.tracking import client_for
+        from dinet_platform.tuning.sweep import run_sweep
+
+        run_sweep(sweep_config, base, client_for(base.tracking), console)
+    except KeyboardInterrupt as exc:
+        console.print(f"[yellow]interrupted:[/yellow] {exc or 'stopped'}", highlight=False)
+        raise typer.Exit(130) from None
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

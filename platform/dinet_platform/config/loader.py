@@ -63,8 +63,12 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         raise ConfigError(f"override {override!r} must look like key.path=value")
     # YAML scalars: "5" -> 5, "1e-4" -> 1e-4, "true" -> True, "[1, 2]" -> [1, 2]. The schema
     # then coerces to the field's declared type, so an int given for a float field stays exact.
-    value = yaml.safe_load(text) if text.strip() else ""
-    parts = key.strip().split(".")
+    set_field(raw, key.strip(), yaml.safe_load(text) if text.strip() else "")
+
+
+def set_field(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted field ``key`` (list items by index: ``stages.0.lr``) of a raw config."""
+    parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         node = _child(node, part, ".".join(parts[: depth + 1]), create=True)

@@ -167,6 +167,8 @@ class DataConfig(Strict):
 class TrainingConfig(Strict):
     num_workers: Annotated[int, Field(ge=1)] = 2
     cpus_per_worker: Annotated[float, Field(gt=0.0)] = 1.0
+    loader_cpus: Annotated[float, Field(gt=0.0)] = 1.0
+    """CPUs reserved by each Ray Data loader task (fractional on small machines)."""
     use_gpu: bool = False
     mixed_precision: bool = True
     """bf16 autocast when training on GPU; ignored on CPU."""
@@ -209,6 +211,76 @@ class ServingConfig(Strict):
         return self
 
 
+class GateConfig(Strict):
+    """Promotion gates: the candidate may be no worse than the alias holder by more than these
+    margins, measured in the same evaluation run on the same held-out data."""
+
+    max_mouth_psnr_drop_db: NonNegative = 0.25
+    """Mouth-region PSNR may be lower by at most this many dB."""
+    max_mouth_ssim_drop: NonNegative = 0.005
+    max_sync_confidence_drop: NonNegative = 0.0
+    """Sync confidence (LSE-C) may not be lower by more than this (0: not lower)."""
+    max_warp_error_increase: NonNegative = 0.05
+    """Relative: the flow-warping error may be at most this fraction higher (0.05 = 5 %)."""
+    require_sync_expert: bool = False
+    """Refuse to promote when no sync expert is available (otherwise the sync gate is skipped
+    and reported as such)."""
+
+
+class EvaluationConfig(Strict):
+    """``dinet evaluate`` and the registry's promotion gates."""
+
+    shards: str | None = None
+    """Evaluation data (its held-out videos are used); default ``data.shards``."""
+    sync_expert: str | None = None
+    """Sync expert for the sync metrics: file, run id or URI. Default ``loss.sync_expert``,
+    else the registered expert ``syncnet.registered_model@production`` when there is one."""
+    sync_offsets: Annotated[int, Field(ge=1, le=30)] = 8
+    """The sync scores search audio offsets of -N..N frames (SyncNet's LSE-C / LSE-D)."""
+    max_videos: Annotated[int, Field(ge=1)] | None = None
+    max_frames: Annotated[int, Field(ge=8)] = 250
+    """Frames evaluated per held-out video (from its start)."""
+    mouth_size: Annotated[int, Field(gt=0)] | None = None
+    """Resolution the metrics are computed at; default the largest trained size among the
+    models compared (a lower-resolution model's output is upsampled)."""
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    baseline_blur_sigma: Positive = 1.5
+    """Gaussian sigma of the 'blurred copy' baseline, in pixels at mouth 64 (scaled)."""
+    gates: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("mouth_size")
+    @classmethod
+    def _multiple_of_four(cls, size: int | None) -> int | None:
+        if size is not None and size % 4:
+            raise ValueError(f"mouth_size must be a multiple of 4, got {size}")
+        return size
+
+
+class SyncNetTrainingConfig(Strict):
+    """``dinet train-syncnet``: the sync expert (its shape is ``model.syncnet_width``,
+    ``model.audio_channels`` and ``data.clip_len`` frames)."""
+
+    steps: Annotated[int, Field(ge=1)] = 600
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    lr: Positive = 1e-3
+    mouth_size: Annotated[int, Field(gt=0)] = 64
+    """Crops are read at this mouth size; the expert resizes mouths to 64 px anyway."""
+    min_shift: Annotated[int, Field(ge=1)] = 2
+    max_shift: Annotated[int, Field(ge=1)] = 8
+    """Negatives pair a clip with audio shifted by min_shift..max_shift frames (either way)."""
+    registered_model: str = "dinet-syncnet"
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.75
+    """Held-out accuracy needed for a new expert to take the ``production`` alias."""
+
+    @model_validator(mode="after")
+    def _shift_range(self) -> SyncNetTrainingConfig:
+        if self.max_shift < self.min_shift:
+            raise ValueError(
+                f"max_shift ({self.max_shift}) must be >= min_shift ({self.min_shift})"
+            )
+        return self
+
+
 class DINetConfig(Strict):
     """The whole platform configuration (one YAML file)."""
 
@@ -220,6 +292,8 @@ class DINetConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    syncnet: SyncNetTrainingConfig = Field(default_factory=SyncNetTrainingConfig)
 
     @field_validator("stages")
     @classmethod

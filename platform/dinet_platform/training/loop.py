@@ -77,6 +77,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizers.load_state_dict(state["optimizers"])
 
     syncnet = _sync_expert(loop_config, config)
+    if syncnet is not None:
+        syncnet.to(device)
     objective = StageObjective(stage_loss_weights(config, mouth_size), mouth_size, syncnet)
     objective.to(device)
     use_amp = device.type == "cuda" and config.training.mixed_precision
@@ -106,7 +108,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"{mouth_size}: too little training data for this batch size and worker count"
             )
         metrics = {f"train_{k}": v / steps for k, v in sums.items()}
-        val_metrics, sample_batch = _validate(clip_generator, val_shard, stage.batch_size, device)
+        val_metrics, sample_batch = _validate(
+            clip_generator, val_shard, stage.batch_size, device,
+            ValidationAccumulator(device, syncnet, crop_geometry(mouth_size).mouth),
+        )
         metrics.update(val_metrics)
         epoch_times.append(time.perf_counter() - started)
         metrics.update(epoch=float(epoch), lr=stage.lr, steps=float(steps),
@@ -164,7 +169,7 @@ def _load_networks(
 
 
 def _sync_expert(loop_config: dict[str, Any], config: DINetConfig) -> SyncNet | None:
-    if config.loss.sync <= 0 or loop_config.get("sync_expert") is None:
+    if loop_config.get("sync_expert") is None:
         return None
     syncnet = build_syncnet(config.model, frames=config.data.clip_len)
     syncnet.load_state_dict(ray.get(loop_config["sync_expert"]))
@@ -173,18 +178,21 @@ def _sync_expert(loop_config: dict[str, Any], config: DINetConfig) -> SyncNet | 
 
 @torch.no_grad()
 def _validate(
-    clip_generator: torch.nn.Module, val_shard, batch_size: int, device: torch.device
+    clip_generator: torch.nn.Module,
+    val_shard,
+    batch_size: int,
+    device: torch.device,
+    accumulator: ValidationAccumulator,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Metrics over every worker's validation shard, and this worker's first batch (for the
     epoch's images: the shard is a synchronised split and cannot be read again alone)."""
     generator = unwrapped(clip_generator)
     generator.eval()
-    accumulator = ValidationAccumulator(device)
     first_batch = None
     for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
         first_batch = first_batch or batch
         fake = generator(batch["clip_source"], batch["reference"], batch["clip_audio"])
-        accumulator.add(fake, batch["clip"], batch["mouth_mask"])
+        accumulator.add(fake, batch["clip"], batch["mouth_mask"], batch["clip_audio"])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(accumulator.sums)
     generator.train()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import ray.data
 import ray.train
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
@@ -94,7 +95,7 @@ def check_stage_inputs(
             )
     init_state = _init_state(config, resolve_checkpoint(init_from, client)) if init_from else None
     sync = None
-    if config.loss.sync > 0:
+    if config.loss.sync_expert:  # the sync loss (when weighted) and the val_sync metric
         path = resolve_checkpoint(config.loss.sync_expert, client)
         sync = load_syncnet(path, config.model, frames=config.data.clip_len).state_dict()
     return StageInputs(shards=shards, init_state=init_state, sync_expert=sync)
@@ -177,7 +178,11 @@ def run_stage(
     client.update_run(run_id, status="RUNNING")
     started = time.perf_counter()
     try:
-        result = _fit(config, mouth_size, client, run_id, inputs)
+        trainer = make_trainer(
+            config, mouth_size, inputs, name=f"stage{mouth_size}-{run_id}",
+            mlflow={"tracking_uri": client.tracking_uri, "run_id": run_id},
+        )
+        result = trainer.fit()
         best_checkpoint, best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_score"])
         for key in ("val_score", "val_mouth_psnr", "val_mouth_ssim", "val_temporal_error"):
             client.log_metric(run_id, f"best_{key}", best[key])
@@ -200,31 +205,36 @@ def run_stage(
     )
 
 
-def _fit(
+def make_trainer(
     config: DINetConfig,
     mouth_size: int,
-    client: MlflowClient,
-    run_id: str,
     inputs: StageInputs,
-) -> ray.train.Result:
-    stage = config.stage(mouth_size)
+    name: str,
+    mlflow: dict[str, str] | None = None,
+    callbacks: list | None = None,
+) -> TorchTrainer:
+    """The TorchTrainer of one stage: used by the pipeline and by every sweep trial."""
     data = config.data
     seed = config.training.seed
+    # Datasets carry the DataContext of the process that builds them (a sweep trial's actor
+    # too): per-block progress bars would flood the logs of a job that already reports epochs.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {
-        "train": build_dataset(inputs.shards, mouth_size, data.clip_len, "train", data, seed),
-        "val": build_dataset(inputs.shards, mouth_size, data.clip_len, "val", data, seed),
+        split: build_dataset(inputs.shards, mouth_size, data.clip_len, split, data, seed,
+                             num_cpus=config.training.loader_cpus)
+        for split in ("train", "val")
     }
     resources = {"CPU": config.training.cpus_per_worker}
     if config.training.use_gpu:
         resources["GPU"] = 1
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "mouth_size": mouth_size,
             "init_state": ray.put(inputs.init_state) if inputs.init_state else None,
             "sync_expert": ray.put(inputs.sync_expert) if inputs.sync_expert else None,
-            "mlflow": {"tracking_uri": client.tracking_uri, "run_id": run_id},
+            "mlflow": mlflow,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.training.num_workers,
@@ -232,7 +242,7 @@ def _fit(
             resources_per_worker=resources,
         ),
         run_config=ray.train.RunConfig(
-            name=f"stage{stage.mouth_size}-{run_id}",
+            name=name,
             storage_path=ray_storage_path(config.training.storage_path),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=config.training.checkpoints_to_keep,
@@ -240,7 +250,7 @@ def _fit(
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=config.training.max_failures),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
-    return trainer.fit()

@@ -27,31 +27,57 @@ EXCLUDES = [".venv", ".dinet", ".git", "bench/results", "**/__pycache__", ".pyte
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "DINET_HOME")
 
 
-def stage_entrypoint(
+def stage_command(
     config_path: Path, mouth_size: int, overrides: list[str], init_from: str | None,
     shards: str | None,
-) -> str:
-    args = ["python", "jobs/train_stage.py", "--config", _in_project(config_path).as_posix(),
-            "--stage", str(mouth_size)]
+) -> list[str | Path]:
+    args: list[str | Path] = ["python", "jobs/train_stage.py", "--config", config_path,
+                              "--stage", str(mouth_size)]
     for override in overrides:
         args += ["--set", override]
     if init_from:
         args += ["--init-from", init_from]
     if shards:
         args += ["--shards", shards]
-    return shlex.join(args)
+    return args
 
 
 def _in_project(path: Path) -> Path:
-    """Jobs run in a copy of the project (working_dir): the config must be part of it."""
+    """Jobs run in a copy of the project (working_dir): files they read must be part of it."""
     resolved = path.resolve()
     try:
         return resolved.relative_to(PROJECT_ROOT)
     except ValueError:
         raise ValueError(
-            f"config {path} is outside the project directory {PROJECT_ROOT}; cluster jobs "
-            "receive a copy of the project, so put the config under it (e.g. configs/)"
+            f"{path} is outside the project directory {PROJECT_ROOT}; cluster jobs receive a "
+            "copy of the project, so put it under the project (e.g. configs/)"
         ) from None
+
+
+def submit_job(address: str, command: list[str | Path], console: Console | None = None) -> str:
+    """Submit ``command`` (paths made project-relative) as a Ray Job with the project as its
+    working dir, follow its logs until it ends, and raise unless it succeeded."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    console = console or Console()
+    entrypoint = shlex.join(
+        _in_project(part).as_posix() if isinstance(part, Path) else part for part in command
+    )
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars},
+    )
+    console.print(f"submitted Ray Job {job_id}: {entrypoint}")
+    asyncio.run(_follow(client, job_id))
+    status = client.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        raise RuntimeError(
+            f"Ray Job {job_id} ended {status}; see `ray job logs {job_id} --address {address}`"
+        )
+    return job_id
 
 
 def submit_pipeline(
@@ -64,29 +90,15 @@ def submit_pipeline(
     console: Console | None = None,
 ) -> list[str]:
     """Submit one job per stage, each after the previous succeeded; return the job ids."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    console = console or Console()
-    client = JobSubmissionClient(address)
-    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
-    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
-    job_ids = []
-    for index, mouth_size in enumerate(stages):
-        entrypoint = stage_entrypoint(
-            config_path, mouth_size, overrides, init_from if index == 0 else None, shards
+    return [
+        submit_job(
+            address,
+            stage_command(config_path, mouth_size, overrides,
+                          init_from if index == 0 else None, shards),
+            console,
         )
-        job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-        job_ids.append(job_id)
-        console.print(f"stage {mouth_size}: submitted Ray Job {job_id}: {entrypoint}")
-        asyncio.run(_follow(client, job_id))
-        status = client.get_job_status(job_id)
-        if status != JobStatus.SUCCEEDED:
-            raise RuntimeError(
-                f"stage {mouth_size}: Ray Job {job_id} ended {status}; see "
-                f"`ray job logs {job_id} --address {address}`"
-            )
-    return job_ids
+        for index, mouth_size in enumerate(stages)
+    ]
 
 
 async def _follow(client, job_id: str) -> None:

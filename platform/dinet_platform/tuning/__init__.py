@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the temporal and attention loss weights."""
