@@ -155,3 +155,12 @@ def test_crop_geometry_matches_dinet(mouth_size, crop, mouth_origin):
 def test_crop_geometry_rejects_bad_sizes(bad):
     with pytest.raises((ValueError, TypeError)):
         crop_geometry(bad)
+
+
+def test_config_can_travel_in_an_environment_variable(monkeypatch):
+    resolved = dump_config(load_config(CONFIGS / "demo.yaml", ["loss.gan=0.5"]))
+    monkeypatch.setenv("DINET_CONFIG", resolved)
+    assert load_config("env:DINET_CONFIG").loss.gan == 0.5
+    monkeypatch.delenv("DINET_CONFIG")
+    with pytest.raises(ConfigError, match=r"\$DINET_CONFIG is not set"):
+        load_config("env:DINET_CONFIG")

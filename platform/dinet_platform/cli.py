@@ -101,7 +101,7 @@ def train(
             from dinet_platform.training.submit import submit_pipeline
 
             stages = [s.mouth_size for s in select_stages(cfg, from_stage, to_stage)]
-            submit_pipeline(address, config, stages, overrides or [], init_from, shards, console)
+            submit_pipeline(address, cfg, stages, init_from, shards, console)
             return
         from dinet_platform.tracking import client_for
         from dinet_platform.training.pipeline import run_pipeline
@@ -172,6 +172,12 @@ def _register_subcommands() -> None:
     from dinet_platform.data.cli import data_app
 
     app.add_typer(data_app, name="data")
+    from dinet_platform.evaluation.cli import evaluate, train_syncnet
+    from dinet_platform.registry.cli import registry_app
+
+    app.command("evaluate")(evaluate)
+    app.command("train-syncnet")(train_syncnet)
+    app.add_typer(registry_app, name="registry")
 
 
 _register_subcommands()

@@ -64,8 +64,11 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    # Inside a Ray Job the supervisor sets RAY_ADDRESS: join that cluster with the job's own
+    # runtime env (working dir, env vars) rather than start a second Ray.
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV})
+        ray.init(address=address)
     else:
         start_local_ray()
     try:

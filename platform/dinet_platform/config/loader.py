@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,18 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the config."""
 
 
+ENV_PREFIX = "env:"
+
+
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DINetConfig:
-    """Read ``path``, apply ``key.path=value`` overrides, validate, and return the config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    """Read ``path``, apply ``key.path=value`` overrides, validate, and return the config.
+
+    ``env:NAME`` reads the YAML from the environment variable ``NAME`` instead: that is how a
+    resolved config travels with a cluster job, whatever file it came from.
+    """
+    text = _read_config_text(str(path))
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -30,6 +36,17 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DINetConfig:
     for override in overrides:
         _apply_override(raw, override)
     return validate_config(raw, source=str(path))
+
+
+def _read_config_text(path: str) -> str:
+    if path.startswith(ENV_PREFIX):
+        name = path.removeprefix(ENV_PREFIX)
+        if name not in os.environ:
+            raise ConfigError(f"config variable ${name} is not set")
+        return os.environ[name]
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return Path(path).read_text()
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> DINetConfig:

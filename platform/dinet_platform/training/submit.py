@@ -1,6 +1,8 @@
 """Submitting the pipeline to a Ray cluster: one Ray Job per stage, in order.
 
-Each job runs ``jobs/train_stage.py`` for one stage; inside the job the stage joins the
+Each job runs ``jobs/train_stage.py`` for one stage, with the resolved config (overrides
+applied) in its environment, so the job trains exactly what the submitter validated; inside
+the job the stage joins the
 pipeline of its config and data (see :mod:`.pipeline`), so it starts from the previous stage's
 checkpoint through MLflow. The submitter waits for each job, following its logs, before it
 submits the next.
@@ -22,19 +24,20 @@ from pathlib import Path
 
 from rich.console import Console
 
+from dinet_platform.config import DINetConfig, dump_config
+
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EXCLUDES = [".venv", ".dinet", ".git", "bench/results", "**/__pycache__", ".pytest_cache"]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "DINET_HOME")
 
 
-def stage_command(
-    config_path: Path, mouth_size: int, overrides: list[str], init_from: str | None,
-    shards: str | None,
-) -> list[str | Path]:
-    args: list[str | Path] = ["python", "jobs/train_stage.py", "--config", config_path,
-                              "--stage", str(mouth_size)]
-    for override in overrides:
-        args += ["--set", override]
+CONFIG_VARIABLE = "DINET_CONFIG"
+
+
+def stage_command(mouth_size: int, init_from: str | None, shards: str | None) -> list[str]:
+    """The job of one stage; its config comes resolved in ``$DINET_CONFIG``."""
+    args = ["python", "jobs/train_stage.py", "--config", f"env:{CONFIG_VARIABLE}",
+            "--stage", str(mouth_size)]
     if init_from:
         args += ["--init-from", init_from]
     if shards:
@@ -54,9 +57,15 @@ def _in_project(path: Path) -> Path:
         ) from None
 
 
-def submit_job(address: str, command: list[str | Path], console: Console | None = None) -> str:
+def submit_job(
+    address: str,
+    command: list[str | Path],
+    console: Console | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Submit ``command`` (paths made project-relative) as a Ray Job with the project as its
-    working dir, follow its logs until it ends, and raise unless it succeeded."""
+    working dir and ``env`` added to its environment, follow its logs until it ends, and raise
+    unless it succeeded."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     console = console or Console()
@@ -65,6 +74,7 @@ def submit_job(address: str, command: list[str | Path], console: Console | None 
     )
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    env_vars.update(env or {})
     client = JobSubmissionClient(address)
     job_id = client.submit_job(
         entrypoint=entrypoint,
@@ -82,20 +92,20 @@ def submit_job(address: str, command: list[str | Path], console: Console | None 
 
 def submit_pipeline(
     address: str,
-    config_path: Path,
+    config: DINetConfig,
     stages: list[int],
-    overrides: list[str],
     init_from: str | None = None,
     shards: str | None = None,
     console: Console | None = None,
 ) -> list[str]:
     """Submit one job per stage, each after the previous succeeded; return the job ids."""
+    env = {CONFIG_VARIABLE: dump_config(config)}
     return [
         submit_job(
             address,
-            stage_command(config_path, mouth_size, overrides,
-                          init_from if index == 0 else None, shards),
+            stage_command(mouth_size, init_from if index == 0 else None, shards),
             console,
+            env,
         )
         for index, mouth_size in enumerate(stages)
     ]
