@@ -44,8 +44,10 @@ def ray_head(tmp_path):
     # A short private temp dir: Ray's socket paths must stay under the UNIX limit, and the
     # session must not be confused with the test session's own local Ray.
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")
+    # Jobs run `python ...`: the cluster's python is this virtual environment's.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
     env.pop("RAY_ADDRESS", None)
     dashboard = free_port()
     head = subprocess.Popen(
@@ -78,7 +80,7 @@ def test_each_stage_runs_as_a_ray_job_with_token_auth(ray_head, prepared_dir, tm
     env = {**env, "MLFLOW_TRACKING_URI": tracking, "DINET_HOME": str(tmp_path / "home")}
 
     result = subprocess.run(
-        [sys.executable, "-m", "dinet_platform.cli", "train", "--config", str(path),
+        [sys.executable, "-m", "dinet_platform", "train", "--config", str(path),
          "--to-stage", "64", "--set", "stages.0.epochs=1", "--address", address],
         env=env, capture_output=True, text=True, timeout=1200,
     )

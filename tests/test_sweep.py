@@ -107,7 +107,7 @@ def test_interrupted_sweep_resumes_then_stops_weak_trials_and_writes_best_config
     # Interrupt a real `dinet sweep` (Ctrl-C) once its first trial has finished.
     log = (tmp_path / "sweep.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dinet_platform.cli", "sweep", "--config", str(path)],
+        [sys.executable, "-m", "dinet_platform", "sweep", "--config", str(path)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -72,7 +72,10 @@ def submit_job(
     entrypoint = shlex.join(
         _in_project(part).as_posix() if isinstance(part, Path) else part for part in command
     )
-    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # PYTHONPATH: the job (and every worker it starts, all in the uploaded working dir) runs
+    # the library code that was submitted, not whatever version the cluster image holds.
+    env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
+                "PYTHONPATH": "platform"}
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     env_vars.update(env or {})
     client = JobSubmissionClient(address)
