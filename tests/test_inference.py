@@ -310,7 +310,7 @@ FRESH_PROCESS = textwrap.dedent(
     import json, sys
     import torch
     args = json.loads(sys.argv[1])
-    inputs = torch.load(args["inputs"])
+    inputs = torch.load(args["inputs"], weights_only=True)
     results = {}
     # 1. the TorchScript artifact with torch alone, as a deployment without this project would
     meta = json.load(open(args["trace"] + "/artifact.json"))
@@ -355,7 +355,7 @@ def test_artifacts_load_in_a_fresh_process_without_the_model_code(
     run = subprocess.run([sys.executable, "-c", FRESH_PROCESS, json.dumps(args)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = torch.load(tmp_path / "out.pt")
+    results = torch.load(tmp_path / "out.pt", weights_only=True)
     # batch 3 though exported/traced at batch 2
     torch.testing.assert_close(results["structure"], expected["structure"], rtol=0, atol=1e-5)
     for got in (results["static_int8"], results["torch_only"]):  # int8: INT8_REPEAT_PSNR_DB

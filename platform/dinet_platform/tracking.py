@@ -30,6 +30,8 @@ PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_TAG = "dinet.pipeline_key"
 STAGE_TAG = "dinet.stage"
 KIND_TAG = "dinet.kind"
+DATA_HASH_TAG = "dinet.data_hash"
+"""On a pipeline run: the content hash of the shards it trained on (manifest ``content_hash``)."""
 
 
 def client_for(config: TrackingConfig) -> MlflowClient:
@@ -74,6 +76,27 @@ def find_runs(client: MlflowClient, experiment: str, tags: dict[str, str]) -> li
     )
 
 
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+def model_version_source(uri: str, client: MlflowClient) -> str:
+    """The artifact URI a ``models:/name@alias`` or ``models:/name/N`` URI stands for, looked
+    up in *this* client's registry (not whichever one is globally configured)."""
+    match = MODEL_URI.match(uri)
+    if not match:
+        raise ValueError(f"{uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
+    name, alias, version = match["name"], match["alias"], match["version"]
+    try:
+        if alias:
+            version = client.get_model_version_by_alias(name, alias).version
+        return client.get_model_version_download_uri(name, version)
+    except MlflowException:
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise ValueError(
+            f"model {uri!r}: registered model {name!r} has no {what} in {client.tracking_uri}"
+        ) from None
+
+
 def resolve_checkpoint(reference: str, client: MlflowClient) -> Path:
     """A local checkpoint path for ``reference``: an MLflow run id (its ``checkpoint``
     artifact), an artifact URI (``runs:/...``, ``models:/...``, ``s3://...``), or a local
@@ -81,6 +104,8 @@ def resolve_checkpoint(reference: str, client: MlflowClient) -> Path:
     if RUN_ID.match(reference):
         get_run(client, reference)
         reference = f"runs:/{reference}/{CHECKPOINT_ARTIFACT}"
+    if reference.startswith("models:/"):
+        reference = model_version_source(reference, client)
     if "://" in reference or reference.startswith(("runs:/", "models:/")):
         destination = tempfile.mkdtemp(prefix="dinet-ckpt-")
         try:

@@ -33,6 +33,7 @@ from dinet_platform.data.shards import ShardError, load_manifest
 from dinet_platform.ray_runtime import ray_session
 from dinet_platform.tracking import (
     CHECKPOINT_ARTIFACT,
+    DATA_HASH_TAG,
     KIND_TAG,
     PARENT_TAG,
     PIPELINE_TAG,
@@ -84,6 +85,7 @@ def run_pipeline(
     key = pipeline_key(config, data_hash)
     experiment = experiment_id(client, config.tracking.experiment)
     parent_id = _parent_run(client, experiment, config, key)
+    client.set_tag(parent_id, DATA_HASH_TAG, data_hash)
     result = PipelineResult(run_id=parent_id, key=key)
     console.print(f"pipeline {key} (MLflow run {parent_id}): stages "
                   f"{', '.join(str(s.mouth_size) for s in stages)}")
