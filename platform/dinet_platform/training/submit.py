@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +30,7 @@ from dinet_platform.config import DINetConfig, dump_config
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EXCLUDES = [".venv", ".dinet", ".git", "bench/results", "**/__pycache__", ".pytest_cache"]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "DINET_HOME")
+AGENT_WAIT_S = 120
 
 
 CONFIG_VARIABLE = "DINET_CONFIG"
@@ -79,10 +81,18 @@ def submit_job(
     env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
     env_vars.update(env or {})
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars},
-    )
+    runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+    # A head that just started answers HTTP before its job agent registers ("No available
+    # agent to submit job, please try again later"): retry that, and only that, for a while.
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     console.print(f"submitted Ray Job {job_id}: {entrypoint}")
     asyncio.run(_follow(client, job_id))
     status = client.get_job_status(job_id)
