@@ -172,6 +172,12 @@ def _register_subcommands() -> None:
     from dinet_platform.data.cli import data_app
 
     app.add_typer(data_app, name="data")
+    from dinet_platform.evaluation.cli import evaluate, train_syncnet
+    from dinet_platform.registry.cli import registry_app
+
+    app.command("evaluate")(evaluate)
+    app.command("train-syncnet")(train_syncnet)
+    app.add_typer(registry_app, name="registry")
 
 
 _register_subcommands()

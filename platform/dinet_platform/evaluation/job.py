@@ -1,0 +1,399 @@
+"""MLflow at the edge of evaluation: resolving models, finding the sync expert, logging runs.
+
+- :func:`resolve_model` turns a model reference (``models:/name@alias``, ``models:/name/3``,
+  an MLflow run id -- a stage run, or a pipeline run for its final stage --, an artifact URI or
+  a local path) into a loaded :class:`~dinet_platform.evaluation.evaluate.EvalModel`.
+- :func:`find_sync_expert`: ``evaluation.sync_expert``, else ``loss.sync_expert``, else the
+  registered expert ``syncnet.registered_model@production`` when there is one, else none.
+- :func:`run_evaluation` evaluates models + baselines and records an MLflow evaluation run
+  (metrics ``<entry>/<metric>``, ``evaluation.json``, ``comparison.png``).
+- :func:`run_train_syncnet` trains the sync expert, logs it and registers it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Run
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+
+from dinet_platform.config import DINetConfig, dump_config
+from dinet_platform.evaluation.data import VideoSet
+from dinet_platform.evaluation.evaluate import EvalModel, EvaluationResult, evaluate, load_model
+from dinet_platform.evaluation.report import (
+    LABELS,
+    format_value,
+    order_entries,
+    plot_comparison,
+    write_report,
+)
+from dinet_platform.evaluation.sync_expert import (
+    load_sync_expert,
+    save_sync_expert,
+    train_sync_expert,
+)
+from dinet_platform.models.syncnet import SyncNet
+from dinet_platform.paths import dinet_home
+from dinet_platform.tracking import (
+    CHECKPOINT_ARTIFACT,
+    KIND_TAG,
+    MODEL_URI,
+    PARENT_TAG,
+    RUN_ID,
+    STAGE_TAG,
+    experiment_id,
+    find_runs,
+    get_run,
+    resolve_checkpoint,
+)
+from dinet_platform.training.stage import default_shards
+
+PSNR_CAP_DB = 100.0
+"""MLflow stores no infinity: an identical-image PSNR is logged as this (as in validation)."""
+EVAL_TAG_PREFIX = "dinet.eval."
+SYNC_ALIAS = "production"
+
+
+def who() -> str:
+    """Who is acting, for the registry's records."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return "unknown"
+
+
+def git_commit() -> str:
+    """The commit of the code running now (``-dirty`` with uncommitted changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+# --------------------------------------------------------------------------- models
+
+
+def registry_version(client: MlflowClient, uri: str) -> ModelVersion | None:
+    """The model version a ``models:/name@alias`` or ``models:/name/N`` URI names (None for
+    other references); a clear error when it does not exist."""
+    match = MODEL_URI.match(uri)
+    if not match:
+        return None
+    name = match["name"]
+    try:
+        if match["alias"]:
+            return client.get_model_version_by_alias(name, match["alias"])
+        return client.get_model_version(name, match["version"])
+    except MlflowException:
+        what = f"alias {match['alias']!r}" if match["alias"] else f"version {match['version']}"
+        raise ValueError(
+            f"model {uri!r}: registered model {name!r} has no {what} in "
+            f"{client.tracking_uri} (see `dinet registry list`)"
+        ) from None
+
+
+def final_stage_run(client: MlflowClient, run: Run) -> Run:
+    """The run holding a model: a stage run itself, or a pipeline's last finished stage."""
+    kind = run.data.tags.get(KIND_TAG)
+    if kind == "stage":
+        return run
+    if kind == "pipeline":
+        stages = [r for r in find_runs(client, run.info.experiment_id,
+                                       {PARENT_TAG: run.info.run_id, KIND_TAG: "stage"})
+                  if r.info.status == "FINISHED"]
+        if not stages:
+            raise ValueError(f"pipeline run {run.info.run_id} has no finished stage yet")
+        return max(stages, key=lambda r: int(r.data.tags[STAGE_TAG]))
+    return run
+
+
+def resolve_model(
+    name: str, reference: str, client: MlflowClient, fallback: DINetConfig | None = None
+) -> EvalModel:
+    """Load the model ``reference`` names (see the module docstring) as entry ``name``."""
+    details: dict[str, Any] = {}
+    version = registry_version(client, reference)
+    if version is not None:
+        details = {"registered_model": version.name, "version": int(version.version)}
+        # Resolve an alias to its version now, so a concurrent alias move cannot mix them up.
+        reference = f"models:/{version.name}/{version.version}"
+    elif RUN_ID.match(reference):
+        run = final_stage_run(client, get_run(client, reference))
+        details = {"run_id": run.info.run_id}
+        reference = run.info.run_id
+    path = resolve_checkpoint(reference, client)
+    model = load_model(name, path, source=reference, fallback=fallback)
+    model.details = details
+    return model
+
+
+def entry_name(reference: str) -> str:
+    """A short entry name for a model reference (``production``, ``v3``, ``run-1a2b3c4d``)."""
+    match = MODEL_URI.match(reference)
+    if match:
+        return match["alias"] or f"v{match['version']}"
+    if RUN_ID.match(reference):
+        return f"run-{reference[:8]}"
+    return Path(reference.rstrip("/")).name or "model"
+
+
+# --------------------------------------------------------------------------- sync expert
+
+
+def find_sync_expert(config: DINetConfig, client: MlflowClient) -> tuple[SyncNet | None, str]:
+    """(expert, where it came from); (None, reason) when none is configured or registered."""
+    reference = config.evaluation.sync_expert or config.loss.sync_expert
+    if reference is None:
+        name = config.syncnet.registered_model
+        try:
+            client.get_model_version_by_alias(name, SYNC_ALIAS)
+        except MlflowException:
+            return None, (f"none (set evaluation.sync_expert, or train one: `dinet "
+                          f"train-syncnet` registers {name}@{SYNC_ALIAS})")
+        reference = f"models:/{name}@{SYNC_ALIAS}"
+    version = registry_version(client, reference)
+    if version is not None:
+        reference = f"models:/{version.name}/{version.version}"
+    path = resolve_checkpoint(reference, client)
+    try:
+        expert = load_sync_expert(path, config.model, config.data.clip_len)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"sync expert {reference!r}: {exc}") from None
+    return expert, reference
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationOutcome:
+    result: EvaluationResult
+    run_id: str
+    json_path: Path
+    png_path: Path
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluation_shards(config: DINetConfig, shards: str | Path | None = None) -> Path:
+    if shards:
+        return Path(shards)
+    if config.evaluation.shards:
+        return Path(config.evaluation.shards)
+    return default_shards(config)
+
+
+def load_video_set(config: DINetConfig, shards: str | Path | None = None) -> VideoSet:
+    settings = config.evaluation
+    return VideoSet(evaluation_shards(config, shards), "val", max_videos=settings.max_videos,
+                    max_frames=settings.max_frames, num_references=config.data.num_references)
+
+
+def mlflow_value(metric: str, value: float) -> float | None:
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return PSNR_CAP_DB if value > 0 and metric.endswith("psnr") else None
+    return value
+
+
+def run_evaluation(
+    config: DINetConfig,
+    client: MlflowClient,
+    references: list[tuple[str, str]],
+    *,
+    shards: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    models: list[EvalModel] | None = None,
+    tags: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> EvaluationOutcome:
+    """Evaluate ``references`` ((entry name, model reference) pairs) and/or already loaded
+    ``models`` with the baselines, and record it all as one MLflow evaluation run.
+
+    Every input is checked (models resolve and load, the data has held-out videos, the sync
+    expert loads) before the run is created.
+    """
+    console = console or Console()
+    loaded = list(models or [])
+    loaded += [resolve_model(name, ref, client, fallback=config) for name, ref in references]
+    videos = load_video_set(config, shards)
+    expert, expert_source = find_sync_expert(config, client)
+    experiment = experiment_id(client, config.tracking.experiment)
+    run_tags = {
+        KIND_TAG: "evaluation",
+        f"{EVAL_TAG_PREFIX}models": json.dumps({m.name: m.source for m in loaded}),
+        f"{EVAL_TAG_PREFIX}data_hash": videos.content_hash,
+        f"{EVAL_TAG_PREFIX}sync_expert": expert_source,
+        **(tags or {}),
+    }
+    run = client.create_run(experiment, run_name="evaluation-" + "-vs-".join(
+        m.name for m in loaded), tags=run_tags)
+    run_id = run.info.run_id
+    try:
+        console.print(f"evaluating {', '.join(f'{m.name} ({m.source})' for m in loaded)} on "
+                      f"{len(videos.indices)} held-out videos of {videos.shards}; sync expert: "
+                      f"{expert_source}")
+        result = evaluate(loaded, videos, config.evaluation, expert,
+                          progress=lambda message: console.print(f"  {message}"))
+        result.info["sync_expert_source"] = expert_source
+        out = Path(out_dir) if out_dir else dinet_home() / "evaluations" / run_id
+        report = {**result.as_dict(), "mlflow_run_id": run_id, **(extra or {})}
+        json_path = write_report(out / "evaluation.json", report)
+        png_path = plot_comparison(result, out / "comparison.png")
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{entry}/{name}", logged, now, 0)
+            for entry, values in result.metrics.items()
+            for name, value in values.items()
+            if (logged := mlflow_value(name, value)) is not None
+        ]
+        client.log_batch(run_id, metrics=metrics)
+        client.log_param(run_id, "mouth_size", result.mouth_size)
+        client.log_param(run_id, "shards", str(videos.shards))
+        client.log_param(run_id, "frames", result.info["frames"])
+        client.log_artifact(run_id, str(json_path))
+        client.log_artifact(run_id, str(png_path))
+        client.log_text(run_id, dump_config(config), "config.yaml")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return EvaluationOutcome(result, run_id, json_path, png_path, report)
+
+
+def metrics_table(result: EvaluationResult, title: str = "") -> Table:
+    entries = order_entries(result)
+    table = Table(title=title or f"evaluation at mouth {result.mouth_size}")
+    table.add_column("metric")
+    for entry in entries:
+        table.add_column(entry, justify="right")
+    names = [n for n in LABELS if any(n in result.metrics[e] for e in entries)]
+    for name in names:
+        table.add_row(LABELS[name], *(format_value(result.metrics[e].get(name))
+                                      for e in entries))
+    return table
+
+
+# --------------------------------------------------------------------------- sync expert job
+
+
+@dataclass
+class SyncExpertOutcome:
+    run_id: str
+    metrics: dict[str, float]
+    version: int | None
+    production: bool
+    uri: str
+
+
+def run_train_syncnet(
+    config: DINetConfig,
+    client: MlflowClient,
+    *,
+    shards: str | Path | None = None,
+    register: bool = True,
+    console: Console | None = None,
+) -> SyncExpertOutcome:
+    """Train the sync expert on the shards' training videos, measure it on the held-out ones,
+    log it as an MLflow run (artifact ``checkpoint/syncnet.pt``) and register it."""
+    console = console or Console()
+    settings = config.syncnet
+    shards = Path(shards) if shards else default_shards(config)
+    frames = config.data.clip_len
+    train_set = VideoSet(shards, "train")
+    val_set = VideoSet(shards, "val")
+    if val_set.feature_dim != config.model.audio_channels:
+        raise ValueError(
+            f"the shards hold {val_set.feature_dim} audio features per frame, the config's "
+            f"model.audio_channels is {config.model.audio_channels}"
+        )
+    train_videos = train_set.videos(settings.mouth_size)
+    val_videos = val_set.videos(settings.mouth_size)
+    experiment = experiment_id(client, config.tracking.experiment)
+    run = client.create_run(experiment, run_name="syncnet", tags={
+        KIND_TAG: "syncnet", f"{EVAL_TAG_PREFIX}data_hash": train_set.content_hash})
+    run_id = run.info.run_id
+    params = {**settings.model_dump(), "frames": frames, "syncnet_width":
+              config.model.syncnet_width, "audio_channels": config.model.audio_channels,
+              "train_videos": len(train_videos), "val_videos": len(val_videos)}
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    started = time.perf_counter()
+    every = max(1, settings.steps // 20)
+
+    def on_step(step: int, loss: float) -> None:
+        if step % every == 0 or step == settings.steps - 1:
+            client.log_metric(run_id, "train_loss", loss, step=step)
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (step + 1) * (settings.steps - step - 1)
+            console.print(f"[syncnet] step {step + 1}/{settings.steps}  loss {loss:.4f}  "
+                          f"({elapsed:.0f}s, ETA {eta:.0f}s)")
+
+    try:
+        expert, result = train_sync_expert(
+            train_videos, val_videos, config.model, frames, settings,
+            max_offset=config.evaluation.sync_offsets, seed=config.training.seed,
+            on_step=on_step)
+        metrics = result.metrics()
+        client.log_batch(run_id, metrics=[
+            Metric(k, v, int(time.time() * 1000), settings.steps)
+            for k, v in metrics.items() if math.isfinite(v)])
+        with tempfile.TemporaryDirectory(prefix="dinet-syncnet-") as tmp:
+            save_sync_expert(tmp, expert, config.model, metrics)
+            client.log_artifacts(run_id, tmp, CHECKPOINT_ARTIFACT)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    uri = f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}"
+    version, production = None, False
+    if register:
+        version, production = _register_expert(config, client, run_id, metrics, train_set)
+        uri = f"models:/{settings.registered_model}/{version}"
+    return SyncExpertOutcome(run_id, metrics, version, production, uri)
+
+
+def _register_expert(config: DINetConfig, client: MlflowClient, run_id: str,
+                     metrics: dict[str, float], data: VideoSet) -> tuple[int, bool]:
+    # Local import: the registry module builds on this one.
+    from dinet_platform.registry.store import ensure_registered_model, move_alias
+
+    name = config.syncnet.registered_model
+    ensure_registered_model(client, name, "Sync experts (SyncNet-style) for DINet evaluation "
+                            "and the training sync loss; weights in syncnet.pt.")
+    tags = {
+        "dinet.kind": "syncnet",
+        "dinet.data_hash": data.content_hash,
+        "dinet.git_commit": git_commit(),
+        "dinet.registered_by": who(),
+        "dinet.frames": str(config.data.clip_len),
+        **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
+    }
+    version = client.create_model_version(name, f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
+                                          run_id=run_id, tags=tags)
+    number = int(version.version)
+    client.set_registered_model_alias(name, "candidate", str(number))
+    accuracy = metrics["val_accuracy"]
+    production = accuracy >= config.syncnet.min_accuracy
+    if production:
+        move_alias(client, name, SYNC_ALIAS, number)
+    return number, production

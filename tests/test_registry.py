@@ -1,0 +1,375 @@
+"""The model registry: registration, quality gates, promotion, rollback, bad input; against the
+embedded SQLite store and against a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from dinet_platform.cli import app
+from dinet_platform.config import load_config
+from dinet_platform.config.schema import GateConfig
+from dinet_platform.registry.gates import check_gates, gates_passed
+from dinet_platform.registry.store import (
+    SOURCE_RUN_TAG,
+    list_versions,
+    promote,
+    register_model,
+    rollback,
+)
+from dinet_platform.tracking import client_for, resolve_checkpoint
+from dinet_platform.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from dinet_platform.training.pipeline import run_pipeline
+from dinet_platform.training.stage import start_stage_run
+from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
+
+TINY = {
+    "name": "tiny-registry",
+    "model": {"width": 0.125, "discriminator_width": 0.125, "syncnet_width": 0.125},
+    "stages": [{"mouth_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
+    "data": {"clip_len": 3},
+    "training": {"num_workers": 2, "cpus_per_worker": 0.5, "steps_per_epoch": 2,
+                 "max_failures": 0},
+    "evaluation": {"max_frames": 24},
+}
+NAME = "dinet"
+
+
+def write_config(folder: Path, shards: Path) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["data"]["shards"] = str(shards)
+    path = folder / "tiny-registry.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def degraded(state: dict, scale: float = 2.0, seed: int = 0) -> dict:
+    """The same checkpoint with Gaussian noise (``scale`` x each tensor's std) on the
+    generator's weights. BatchNorm absorbs mild noise, so it takes a strong dose to degrade
+    a barely trained model reliably."""
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {}
+    for key, value in state["generator"].items():
+        if value.is_floating_point() and value.numel() > 1:
+            noise = torch.randn(value.shape, generator=generator) * value.std() * scale
+            value = value + noise
+        noisy[key] = value
+    return {**state, "generator": noisy}
+
+
+def log_stage_run(client, config, state: dict, folder: Path) -> str:
+    """A finished stage run holding ``state`` as its checkpoint (as a pipeline stage would)."""
+    run_id = start_stage_run(client, config, state["mouth_size"])
+    save_checkpoint(folder, {k: v for k, v in state.items() if k != "format"})
+    client.log_artifacts(run_id, str(folder), "checkpoint")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def snapshot(client) -> dict:
+    """Everything the registry holds for NAME: versions with tags, and aliases."""
+    try:
+        model = client.get_registered_model(NAME)
+    except MlflowException:
+        return {}
+    versions = {
+        v.version: sorted(v.tags.items()) for v in client.search_model_versions(f"name='{NAME}'")
+    }
+    return {"aliases": dict(model.aliases), "versions": versions}
+
+
+def assert_aliases_resolve(client) -> None:
+    """No alias names a version that does not exist."""
+    model = client.get_registered_model(NAME)
+    for alias, version in model.aliases.items():
+        assert str(client.get_model_version(NAME, str(version)).version) == str(version), alias
+
+
+def holder(client, alias: str) -> int | None:
+    try:
+        return int(client.get_model_version_by_alias(NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, prepared_dir, tmp_path_factory):
+    """A tiny pipeline trained on Ray (one stage, 2 steps) in a private embedded store."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DINET_HOME", str(root / "home"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        config = load_config(write_config(root, prepared_dir))
+        client = client_for(config.tracking)
+        result = run_pipeline(config, client)
+        state = load_checkpoint(resolve_checkpoint(result.stages[-1].run_id, client))
+        yield {"root": root, "config": config, "pipeline": result, "state": state}
+
+
+@pytest.fixture
+def embedded(trained, monkeypatch):
+    monkeypatch.setenv("DINET_HOME", str(trained["root"] / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return client_for(trained["config"].tracking)
+
+
+def test_gates_refuse_degraded_accept_better_and_rollback(trained, embedded, tmp_path):
+    config, client = trained["config"], embedded
+    pipeline = trained["pipeline"]
+
+    # Register the pipeline's final stage: version 1, alias candidate, provenance as tags.
+    first = register_model(config, client, pipeline.run_id)
+    assert (first.version, first.existed) == (1, False)
+    assert first.source_run == pipeline.stages[-1].run_id
+    version = client.get_model_version(NAME, "1")
+    tags = version.tags
+    assert tags[SOURCE_RUN_TAG] == pipeline.stages[-1].run_id
+    assert tags["dinet.data_hash"] == client.get_run(pipeline.run_id).data.tags[
+        "dinet.data_hash"]
+    assert tags["dinet.stages"] == "64" and tags["dinet.mouth_size"] == "64"
+    assert "tiny-registry" in tags["dinet.config"] and tags["dinet.git_commit"]
+    assert float(tags["metric.mouth_psnr"]) == pytest.approx(first.metrics["mouth_psnr"],
+                                                             rel=1e-4)
+    assert holder(client, "candidate") == 1
+    # Registering the same run again is idempotent.
+    assert register_model(config, client, pipeline.run_id, evaluate=False).existed
+
+    # The artifact: weights + config, no optimizer state, no pickled code.
+    local = resolve_checkpoint(f"models:/{NAME}@candidate", client)
+    state = torch.load(local / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    assert state["optimizers"] is None and state["mouth_size"] == 64
+    assert (local / "config.yaml").is_file()
+
+    # First promotion: nobody holds production, so the gates have nothing to compare against.
+    assert promote(config, client, 1, "production").moved
+    assert holder(client, "production") == 1 and holder(client, "previous") is None
+
+    # A deliberately degraded model is refused; production is untouched.
+    noisy_run = log_stage_run(client, config, degraded(trained["state"]), tmp_path / "noisy")
+    second = register_model(config, client, noisy_run)
+    assert second.version == 2 and holder(client, "candidate") == 2
+    refused = promote(config, client, 2, "production")
+    assert not refused.moved and not gates_passed(refused.gates)
+    failed = {g.metric for g in refused.gates if not g.passed}
+    assert "mouth_psnr" in failed
+    assert holder(client, "production") == 1
+    assert client.get_model_version(NAME, "2").tags["dinet.gates.production"] == "refused"
+    candidate = refused.evaluation.result.metrics["candidate"]
+    production = refused.evaluation.result.metrics["production"]
+    assert candidate["mouth_psnr"] < production["mouth_psnr"]
+    assert refused.evaluation.png_path.is_file()
+    assert_aliases_resolve(client)
+
+    # Forcing needs a reason, and records who and why.
+    with pytest.raises(ValueError, match="--reason"):
+        promote(config, client, 2, "production", force=True)
+    forced = promote(config, client, 2, "production", force=True, reason="hotfix demo")
+    assert forced.moved and forced.forced
+    assert holder(client, "production") == 2 and holder(client, "previous") == 1
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["dinet.promoted.production.reason"] == "hotfix demo"
+    assert tags["dinet.promoted.production.forced"] == "true"
+    assert tags["dinet.promoted.production.by"]
+    assert_aliases_resolve(client)
+
+    # The clean model against the degraded holder: better, so accepted on the gates alone.
+    accepted = promote(config, client, 1, "production")
+    assert accepted.moved and not accepted.forced and gates_passed(accepted.gates)
+    assert holder(client, "production") == 1 and holder(client, "previous") == 2
+
+    # Rollback restores the previous version; a second rollback undoes the first.
+    undone = rollback(config, client, "production", reason="check rollback")
+    assert (undone.restored, undone.replaced) == (2, 1)
+    assert holder(client, "production") == 2 and holder(client, "previous") == 1
+    assert rollback(config, client, "production").restored == 1
+    assert holder(client, "production") == 1
+    assert_aliases_resolve(client)
+
+    rows = {row["version"]: row for row in list_versions(client, NAME)}
+    assert "production" in rows[1]["aliases"] and "previous" in rows[2]["aliases"]
+    assert rows[2]["gates"]["production"] in {"refused", "forced"}
+    assert set(rows[1]["metrics"]) >= {"mouth_psnr", "mouth_ssim", "warp_error"}
+
+
+def test_bad_input_leaves_the_registry_unchanged(trained, embedded, tmp_path):
+    config, client = trained["config"], embedded
+    if holder(client, "production") is None:  # runs alone: give it something to protect
+        register_model(config, client, trained["pipeline"].run_id, evaluate=False)
+        promote(config, client, 1, "production")
+    before = snapshot(client)
+    with pytest.raises(ValueError, match="has no version 99"):
+        promote(config, client, 99, "production")
+    with pytest.raises(ValueError, match="staging or production"):
+        promote(config, client, 1, "prod")
+    with pytest.raises(ValueError, match="no alias 'staging'"):
+        rollback(config, client, "staging")
+    with pytest.raises(ValueError, match="does not exist"):
+        register_model(config, client, "f" * 32)
+    with pytest.raises(ValueError, match="neither a pipeline nor a training stage"):
+        evaluation_run = client.search_runs(
+            [client.get_experiment_by_name(config.tracking.experiment).experiment_id],
+            "tags.`dinet.kind` = 'evaluation'")[0]
+        register_model(config, client, evaluation_run.info.run_id)
+    # An evaluation that cannot run (no held-out videos) must not register anything.
+    stage = log_stage_run(client, config, trained["state"], tmp_path / "again")
+    no_val = tmp_path / "no-val"
+    shutil.copytree(config.data.shards, no_val)
+    manifest = json.loads((no_val / "manifest.json").read_text())
+    for video in manifest["videos"]:
+        video["split"] = "train"
+    (no_val / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="no held-out"):
+        register_model(config, client, stage, shards=no_val)
+    assert snapshot(client) == before
+
+    runner = CliRunner()
+    config_path = write_config(tmp_path, Path(config.data.shards))
+    for argv in (
+        ["registry", "promote", "--version", "99", "--to", "production"],
+        ["registry", "rollback", "--alias", "staging"],
+        ["registry", "promote", "--version", "1", "--to", "production", "--force"],
+        ["evaluate", "--model", f"models:/{NAME}@nonexistent"],
+    ):
+        result = runner.invoke(app, [*argv, "--config", str(config_path)])
+        assert result.exit_code == 2, (argv, result.output)
+        assert "error:" in result.output
+    assert snapshot(client) == before
+
+
+def test_gate_rules():
+    gates = GateConfig(max_mouth_psnr_drop_db=0.5, max_sync_confidence_drop=0.0,
+                       max_warp_error_increase=0.1)
+    holder_metrics = {"mouth_psnr": 30.0, "mouth_ssim": 0.9, "lse_c": 2.0, "warp_error": 0.01}
+    same = dict(holder_metrics)
+    assert gates_passed(check_gates(same, holder_metrics, gates))
+    assert gates_passed(check_gates({**same, "mouth_psnr": 29.6}, holder_metrics, gates))
+    assert not gates_passed(check_gates({**same, "mouth_psnr": 29.4}, holder_metrics, gates))
+    assert not gates_passed(check_gates({**same, "lse_c": 1.99}, holder_metrics, gates))
+    assert gates_passed(check_gates({**same, "warp_error": 0.0109}, holder_metrics, gates))
+    assert not gates_passed(check_gates({**same, "warp_error": 0.0111}, holder_metrics, gates))
+    # Identical reconstructions: inf against inf passes, finite against inf does not.
+    perfect = {**holder_metrics, "mouth_psnr": float("inf")}
+    assert gates_passed(check_gates(perfect, perfect, gates))
+    assert not gates_passed(check_gates(same, perfect, gates))
+    # Without a sync expert the sync gate is skipped, unless it is required.
+    no_sync = {k: v for k, v in same.items() if k != "lse_c"}
+    results = check_gates(no_sync, no_sync, gates)
+    assert gates_passed(results) and any(r.skipped for r in results)
+    required = gates.model_copy(update={"require_sync_expert": True})
+    assert not gates_passed(check_gates(no_sync, no_sync, required))
+    assert gates_passed(check_gates(same, None, gates))  # no holder yet
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server we started, by its process group (it forks workers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypatch):
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not become healthy"
+            time.sleep(0.2)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+        config_path = write_config(tmp_path, prepared_dir)
+        config = load_config(config_path)
+        client = client_for(config.tracking)
+        assert client.tracking_uri == url
+
+        # Two models without Ray: a fresh tiny generator and a degraded copy of it.
+        from dinet_platform.models import build_discriminators, build_generator
+
+        torch.manual_seed(0)
+        discriminators = build_discriminators(config.model, clip_len=config.data.clip_len)
+        clean = {"generator": build_generator(config.model).state_dict(),
+                 "discriminators": {k: m.state_dict()
+                                    for k, m in discriminators.modules().items()},
+                 "optimizers": None, "epoch": 0, "mouth_size": 64,
+                 "config": config.model_dump(mode="json"), "metrics": {}}
+        runs = [log_stage_run(client, config, clean, tmp_path / "clean"),
+                log_stage_run(client, config, degraded(clean), tmp_path / "noisy")]
+
+        runner = CliRunner()
+        common = ["--config", str(config_path)]
+        for run_id in runs:
+            result = runner.invoke(app, ["registry", "register", "--run", run_id, *common])
+            assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["registry", "promote", "--version", "1", "--to",
+                                     "production", *common])
+        assert result.exit_code == 0, result.output
+        result = runner.invoke(app, ["registry", "promote", "--version", "2", "--to",
+                                     "production", *common])
+        assert result.exit_code == 1 and "refused" in result.output, result.output
+        assert holder(client, "production") == 1
+        result = runner.invoke(app, ["registry", "rollback", "--alias", "production", *common])
+        assert result.exit_code == 2 and "nothing to roll back to" in result.output
+        result = runner.invoke(app, ["registry", "promote", "--version", "2", "--to",
+                                     "production", "--force", "--reason", "server test",
+                                     *common])
+        assert result.exit_code == 0, result.output
+        assert holder(client, "production") == 2 and holder(client, "previous") == 1
+        result = runner.invoke(app, ["registry", "rollback", "--alias", "production", *common])
+        assert result.exit_code == 0, result.output
+        assert holder(client, "production") == 1
+        result = runner.invoke(app, ["registry", "list", *common])
+        assert result.exit_code == 0 and "production" in result.output, result.output
+        assert_aliases_resolve(client)
+
+        # models:/ URIs resolve through the server's registry and artifact proxy.
+        local = resolve_checkpoint(f"models:/{NAME}@production", client)
+        state = load_checkpoint(local)
+        for key, value in clean["generator"].items():
+            torch.testing.assert_close(state["generator"][key], value)
+        evaluations = client.search_runs(
+            [client.get_experiment_by_name(config.tracking.experiment).experiment_id],
+            "tags.`dinet.kind` = 'evaluation'")
+        assert evaluations and all(r.info.status == "FINISHED" for r in evaluations)
+        assert {a.path for a in client.list_artifacts(evaluations[0].info.run_id)} >= {
+            "evaluation.json", "comparison.png"}
+    finally:
+        stop(server)
+        log.close()
