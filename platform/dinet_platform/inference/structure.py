@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinet_platform.inference.folding import fold_conv_bn, fold_sequential
-from dinet_platform.models.attention import AttentionBlock
+from dinet_platform.models.attention import AttentionBlock, attend
 from dinet_platform.models.blocks import AdaAT, DownBlock2d, SameBlock2d
 from dinet_platform.models.dinet import DINet
 
@@ -56,14 +56,7 @@ class GenerationAttention(nn.Module):
         self.register_buffer("gamma", block.gamma.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fusion is None:
-            attended = x
-            for branch in self.branches.values():
-                attended = branch(attended)[0]
-        else:
-            outputs = [branch(x)[0] for branch in self.branches.values()]
-            attended = self.fusion(x, outputs)[0]
-        return x + self.gamma * (attended - x)
+        return attend(x, self.branches, self.fusion, self.gamma)
 
 
 class FloatWarp(nn.Module):

@@ -1,11 +1,17 @@
 """The seed's four attention modules (§3), as plain PyTorch.
 
-Each branch maps a feature map ``x`` (B, C, h, w) to ``(attended, map)`` where ``map`` is a
-(B, 1, h, w) spatial attention map for visualization. :class:`AttentionBlock` combines the
-enabled branches at one position of the network, either one after another or through
-:class:`AdaptiveAttentionFusion`, and blends the result in with a learned gate ``gamma`` that
-starts at 0: a freshly initialised block is the identity, so adding attention to a trained
-DINet starts from exactly that DINet's output and learns how much attention to use.
+Each branch maps a feature map ``x`` (B, C, h, w) to its gate in factored form,
+``(channel, spatial)``: ``channel`` is (B, C, 1, 1) or None and ``spatial`` a (B, 1, h, w) map
+(also what is visualized); the attended features are ``x * channel * spatial``.
+:class:`AttentionBlock` combines the enabled branches at one position of the network, either one
+after another or through :class:`AdaptiveAttentionFusion`, and blends the result in with a
+learned gate ``gamma`` that starts at 0: a freshly initialised block is the identity, so adding
+attention to a trained DINet starts from exactly that DINet's output and learns how much
+attention to use.
+
+Keeping the gates factored is what makes attention cheap: the fused output
+``sum_i w_i * (x * g_i)`` equals ``x * sum_i w_i * g_i``, so a block touches the full
+(B, C, h, w) features a couple of times instead of once per branch, stack and blend.
 """
 
 from __future__ import annotations
@@ -33,10 +39,10 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         avg = self.channel_mlp(F.adaptive_avg_pool2d(x, 1))
         peak = self.channel_mlp(F.adaptive_max_pool2d(x, 1))
-        x = x * torch.sigmoid(avg + peak)
-        stats = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
-        spatial = torch.sigmoid(self.spatial_conv(stats))
-        return x * spatial, spatial
+        channel = torch.sigmoid(avg + peak)
+        gated = x * channel
+        stats = torch.cat([gated.mean(1, keepdim=True), gated.amax(1, keepdim=True)], 1)
+        return channel, torch.sigmoid(self.spatial_conv(stats))
 
 
 class MouthFocusedAttention(nn.Module):
@@ -51,10 +57,9 @@ class MouthFocusedAttention(nn.Module):
         )
         self.prior_logit = math.log(mouth_region_weight)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
         prior = mouth_prior(x.shape[-2], x.shape[-1], device=x.device, dtype=x.dtype)
-        gate = torch.sigmoid(self.gate(x) + self.prior_logit * prior)
-        return x * gate, gate
+        return None, torch.sigmoid(self.gate(x) + self.prior_logit * prior)
 
 
 class MultiScaleAttention(nn.Module):
@@ -71,7 +76,7 @@ class MultiScaleAttention(nn.Module):
             for _ in self.scales
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[None, torch.Tensor]:
         size = x.shape[-2:]
         logits = 0.0
         for scale, head in zip(self.scales, self.heads, strict=True):
@@ -80,12 +85,11 @@ class MultiScaleAttention(nn.Module):
             if scale > 1:
                 logit = F.interpolate(logit, size=size, mode="bilinear", align_corners=False)
             logits = logits + logit
-        attention = torch.sigmoid(logits / len(self.scales))
-        return x * attention, attention
+        return None, torch.sigmoid(logits / len(self.scales))
 
 
 class AdaptiveAttentionFusion(nn.Module):
-    """Input-dependent softmax weights over the branch outputs."""
+    """Input-dependent softmax weights (B, n) over the branches."""
 
     def __init__(self, channels: int, num_branches: int):
         super().__init__()
@@ -93,13 +97,13 @@ class AdaptiveAttentionFusion(nn.Module):
         nn.init.zeros_(self.weights.weight)
         nn.init.zeros_(self.weights.bias)  # start from an even mix
 
-    def forward(
-        self, x: torch.Tensor, branch_outputs: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = torch.softmax(self.weights(x.mean((2, 3))), dim=1)  # (B, n)
-        stacked = torch.stack(branch_outputs, dim=1)  # (B, n, C, h, w)
-        fused = (weights[:, :, None, None, None] * stacked).sum(1)
-        return fused, weights
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.weights(x.mean((2, 3))), dim=1)
+
+
+def _apply(x: torch.Tensor, gate: tuple[torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
+    channel, spatial = gate
+    return x * spatial if channel is None else x * channel * spatial
 
 
 class AttentionBlock(nn.Module):
@@ -139,18 +143,37 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         maps: dict[str, torch.Tensor] = {}
-        if self.fusion is None:
-            attended = x
-            for name, branch in self.branches.items():
-                attended, maps[name] = branch(attended)
+        return attend(x, self.branches, self.fusion, self.gamma, maps), maps
+
+
+def attend(
+    x: torch.Tensor,
+    branches: nn.ModuleDict,
+    fusion: AdaptiveAttentionFusion | None,
+    gamma: torch.Tensor,
+    maps: dict[str, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """``x`` blended with its attended features by ``gamma``; each branch's spatial map (and the
+    fused one) is put in ``maps`` when one is given."""
+    if fusion is None:
+        attended = x
+        for name, branch in branches.items():
+            channel, spatial = branch(attended)
+            attended = _apply(attended, (channel, spatial))
+            if maps is not None:
+                maps[name] = spatial
+        return x + gamma * (attended - x)
+    weights = fusion(x)
+    # Spatial-only gates mix on (B, 1, h, w) maps; only a channel gate widens to (B, C, h, w).
+    spatial_mix, channel_mix = 0.0, 0.0
+    for i, (name, branch) in enumerate(branches.items()):
+        channel, spatial = branch(x)
+        weight = weights[:, i, None, None, None]
+        if channel is None:
+            spatial_mix = spatial_mix + weight * spatial
         else:
-            outputs = []
-            for name, branch in self.branches.items():
-                out, maps[name] = branch(x)
-                outputs.append(out)
-            attended, weights = self.fusion(x, outputs)
-            maps["fused"] = sum(
-                weights[:, i, None, None, None] * maps[name]
-                for i, name in enumerate(self.branches)
-            )
-        return x + self.gamma * (attended - x), maps
+            channel_mix = channel_mix + (weight * channel) * spatial
+        if maps is not None:
+            maps[name] = spatial
+            maps["fused"] = maps.get("fused", 0.0) + weight * spatial
+    return x * (1.0 + gamma * (channel_mix + spatial_mix - 1.0))
