@@ -1,0 +1,339 @@
+"""Model reference -> inference engine: the one loader of the dub CLI, Serve and the demo.
+
+:func:`load_engine` accepts every way the platform names a model:
+
+- ``models:/NAME@ALIAS`` or ``models:/NAME/N``: a registry version (the alias is resolved to
+  its version once, so a concurrent alias move cannot mix two versions up);
+- an MLflow run id (a stage run, or a pipeline run for its final stage);
+- a local platform checkpoint directory (or ``checkpoint.pt``), or a public DINet ``.pth``
+  with ``config`` describing it;
+- a local *optimized* directory written by :func:`save_optimized` (what ``dinet optimize``
+  writes and registers).
+
+An optimized directory (local, or what an optimized registry version downloads to) is an
+inference artifact (:mod:`.artifact`: ``torch.export``/TorchScript programs, read without the
+project's model code and without unpickling anything) plus ``optimization.json`` (mode,
+mouth size, measured PSNR, provenance) and ``config.yaml`` (the model's resolved config: the
+audio-feature and crop settings inputs must be built with). A checkpoint is loaded and run
+through :func:`~dinet_platform.inference.modes.optimize`; static int8 is calibrated on real
+training samples from the shards (built by the training loader's own
+:class:`~dinet_platform.data.samples.SampleBuilder`, augmentation off).
+
+MLflow is only touched for references that need it (registry URIs and run ids).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from dinet_platform.config.schema import DINetConfig
+from dinet_platform.inference.artifact import META_FILE, load_artifact, save_artifact
+from dinet_platform.inference.engine import InferenceEngine
+from dinet_platform.inference.modes import MODES, Mode, OptimizeOptions, optimize
+from dinet_platform.inference.quantize import CalibrationBatch
+
+DEFAULT_MODE: Mode = "all"
+OPTIMIZATION_FILE = "optimization.json"
+CONFIG_FILE = "config.yaml"
+CALIBRATION_BATCHES = 8
+CALIBRATION_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded: Serve's ``GET /v1/model`` reports :meth:`as_dict`."""
+
+    name: str
+    """Registered model name, or a short name for a run/path reference."""
+    version: int | None
+    alias: str | None
+    mode: str
+    """The optimization mode the engine runs (``fp32`` ... ``all``)."""
+    mouth_size: int
+    source: str
+    """The resolved reference (``models:/dinet/3`` for ``models:/dinet@production``)."""
+    description: str
+    """What the engine applies (``fold+cache_reference+static_int8[appearance]``,
+    ``artifact:trace``)."""
+    optimized_artifact: bool
+    """Loaded from an optimized artifact (torch only) rather than a checkpoint."""
+    config: DINetConfig = field(repr=False)
+    """The model's resolved config: ``config.data`` says how audio features and crops are
+    made, and the avatar/dub code reads it from here."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Provenance: source version of an optimized version, its measured PSNR vs fp32, ..."""
+
+    @property
+    def audio_window(self) -> int:
+        return self.config.data.audio_window
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.config.data
+        return {
+            "name": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "mode": self.mode,
+            "mouth_size": self.mouth_size,
+            "source": self.source,
+            "description": self.description,
+            "optimized_artifact": self.optimized_artifact,
+            "audio": {
+                "features": data.audio_features,
+                "dim": data.feature_dim,
+                "window": data.audio_window,
+                "fps": data.fps,
+                "sample_rate": data.sample_rate,
+            },
+            "details": self.details,
+        }
+
+
+def is_optimized(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / OPTIMIZATION_FILE).is_file() and (path / META_FILE).is_file()
+
+
+# --------------------------------------------------------------------------- real frames
+
+
+def real_batches(
+    shards: str | Path,
+    config: DINetConfig,
+    mouth_size: int,
+    *,
+    count: int = CALIBRATION_BATCHES,
+    batch_size: int = CALIBRATION_BATCH_SIZE,
+    skip: int = 0,
+    seed: int = 0,
+) -> list[CalibrationBatch]:
+    """``count`` batches of real training samples ``(source, audio, references)`` from the
+    shards, built by the training loader (augmentation off), from windows drawn over all
+    videos (seeded). ``skip`` leaves out the first ``skip`` batches' windows, so calibration
+    and accuracy measurement can use disjoint frames."""
+    from dinet_platform.data.samples import SampleBuilder, sample_windows
+    from dinet_platform.data.shards import ShardError
+
+    try:
+        builder = SampleBuilder(
+            shards, mouth_size, config.data.clip_len, split="all", config=config.data, seed=seed
+        )
+    except ShardError as exc:
+        raise ValueError(f"real frames for calibration: {exc}") from None
+    windows = sample_windows(builder.manifest, "all", config.data.clip_len, seed=seed)
+    wanted = windows[skip * batch_size : (skip + count) * batch_size]
+    if len(wanted) < batch_size:
+        raise ValueError(
+            f"shards {shards} hold only {len(windows)} samples: not enough real frames for "
+            f"{count} batches of {batch_size} after skipping {skip}"
+        )
+    batches = []
+    for start in range(0, len(wanted) - batch_size + 1, batch_size):
+        samples = [builder.build(w) for w in wanted[start : start + batch_size]]
+        batches.append(CalibrationBatch(
+            source=torch.from_numpy(np.stack([s["source"] for s in samples])),
+            audio=torch.from_numpy(np.stack([s["audio"] for s in samples])),
+            references=torch.from_numpy(np.stack([s["reference"] for s in samples])),
+        ))
+    return batches
+
+
+def default_shards(config: DINetConfig) -> Path:
+    from dinet_platform.training.stage import default_shards as stage_shards
+
+    return stage_shards(config)
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_optimized(
+    engine: InferenceEngine,
+    path: str | Path,
+    *,
+    config: DINetConfig,
+    mouth_size: int,
+    mode: str,
+    example: CalibrationBatch,
+    details: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``engine`` as an optimized directory (artifact + ``optimization.json`` +
+    ``config.yaml``) at ``path``, atomically: a failure leaves any previous one intact.
+    ``example`` is a real batch (batch >= 2) at the model's crop size."""
+    from dinet_platform.config import dump_config
+    from dinet_platform.inference.artifact import _replace_dir
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        staging = staging_root / "optimized"
+        info = save_artifact(engine, staging, (example.source, example.audio, example.references))
+        meta = {
+            "mode": mode,
+            "mouth_size": mouth_size,
+            "description": engine.description,
+            "artifact_format": info.format,
+            **(details or {}),
+        }
+        (staging / OPTIMIZATION_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (staging / CONFIG_FILE).write_text(dump_config(config))
+        _replace_dir(staging, path)
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)
+    return path
+
+
+def read_optimized(path: str | Path) -> tuple[dict[str, Any], DINetConfig]:
+    """``optimization.json`` and the config of an optimized directory."""
+    path = Path(path)
+    meta = json.loads((path / OPTIMIZATION_FILE).read_text())
+    config = DINetConfig.model_validate(yaml.safe_load((path / CONFIG_FILE).read_text()))
+    return meta, config
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_engine(
+    reference: str,
+    *,
+    mode: Mode | OptimizeOptions | None = None,
+    client: Any = None,
+    device: str | torch.device = "cpu",
+    calibration_shards: str | Path | None = None,
+    calibration: list[CalibrationBatch] | None = None,
+    config: DINetConfig | None = None,
+    compile: bool | None = None,
+) -> tuple[InferenceEngine, ModelInfo]:
+    """An engine for the model ``reference`` names (see the module doc) and what it is.
+
+    Args:
+        mode: optimization of a checkpoint (``None``: :data:`DEFAULT_MODE`). An optimized
+            artifact runs as it was optimized; asking it for another mode is an error (use its
+            source version).
+        client: MLflow client for registry URIs and run ids (default: the embedded store or
+            ``$MLFLOW_TRACKING_URI``).
+        calibration_shards: shards with real frames for static int8 (default: the model
+            config's ``data.shards``); ``calibration`` gives the batches directly.
+        config: for a public DINet ``.pth`` (which carries no config): its model config.
+        compile: override the mode's ``torch.compile`` switch (``False`` for a process that
+            cannot afford a compile per input shape).
+    """
+    if mode is not None and not isinstance(mode, OptimizeOptions) and mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    name, version, alias, resolved, path = _resolve(reference, client)
+    if is_optimized(path):
+        return _load_optimized(path, name, version, alias, resolved, mode, device)
+    return _load_checkpoint(
+        path, name, version, alias, resolved, mode, device, calibration_shards, calibration,
+        config, compile,
+    )
+
+
+def _resolve(reference: str, client: Any) -> tuple[str, int | None, str | None, str, Path]:
+    """(name, version, alias, pinned reference, local path) of a reference."""
+    from dinet_platform.tracking import MODEL_URI, RUN_ID
+
+    local = Path(reference).expanduser()
+    if not reference.startswith("models:/") and not RUN_ID.match(reference) and "://" not in \
+            reference:
+        if not local.exists():
+            raise ValueError(
+                f"model {reference!r} is neither a models:/ URI, an MLflow run id, nor an "
+                "existing checkpoint or optimized directory"
+            )
+        return local.resolve().name or "model", None, None, str(local), local
+    from dinet_platform.config.schema import TrackingConfig
+    from dinet_platform.evaluation.job import final_stage_run, registry_version
+    from dinet_platform.tracking import client_for, get_run, resolve_checkpoint
+
+    client = client or client_for(TrackingConfig())
+    name, version, alias = "model", None, None
+    match = MODEL_URI.match(reference)
+    registered = registry_version(client, reference)
+    if registered is not None and match is not None:
+        name, version, alias = registered.name, int(registered.version), match["alias"]
+        reference = f"models:/{name}/{version}"
+    elif RUN_ID.match(reference):
+        run = final_stage_run(client, get_run(client, reference))
+        reference = run.info.run_id
+        name = f"run-{reference[:8]}"
+    return name, version, alias, reference, resolve_checkpoint(reference, client)
+
+
+def _load_optimized(
+    path: Path, name: str, version: int | None, alias: str | None, source: str,
+    mode: Mode | OptimizeOptions | None, device: str | torch.device,
+) -> tuple[InferenceEngine, ModelInfo]:
+    meta, config = read_optimized(path)
+    wanted = mode.describe() if isinstance(mode, OptimizeOptions) else mode
+    if wanted is not None and wanted != meta["mode"]:
+        raise ValueError(
+            f"model {source!r} is an optimized {meta['mode']!r} artifact and cannot run as "
+            f"{wanted!r}; load its source ({meta.get('source', 'the checkpoint')}) instead"
+        )
+    engine = load_artifact(path, device=device)
+    info = ModelInfo(
+        name=name, version=version, alias=alias, mode=meta["mode"],
+        mouth_size=int(meta["mouth_size"]), source=source, description=engine.description,
+        optimized_artifact=True, config=config,
+        details={k: v for k, v in meta.items() if k not in ("mode", "mouth_size")},
+    )
+    return engine, info
+
+
+def _load_checkpoint(
+    path: Path, name: str, version: int | None, alias: str | None, source: str,
+    mode: Mode | OptimizeOptions | None, device: str | torch.device,
+    calibration_shards: str | Path | None, calibration: list[CalibrationBatch] | None,
+    config: DINetConfig | None, compile: bool | None,
+) -> tuple[InferenceEngine, ModelInfo]:
+    from dinet_platform.evaluation.evaluate import load_model
+    from dinet_platform.training.checkpoint import is_platform_checkpoint, load_checkpoint
+
+    model = load_model(name, path, source=source, fallback=config)
+    if is_platform_checkpoint(path):
+        config = DINetConfig.model_validate(load_checkpoint(path)["config"])
+    assert config is not None  # load_model refuses a non-platform file without one
+    mode = DEFAULT_MODE if mode is None else mode
+    options = mode if isinstance(mode, OptimizeOptions) else OptimizeOptions.for_mode(mode)
+    if compile is not None:
+        options = replace(options, compile=compile)
+    if options.static_int8 and calibration is None and torch.device(device).type == "cpu":
+        shards = Path(calibration_shards) if calibration_shards else default_shards(config)
+        calibration = real_batches(shards, config, model.mouth_size)
+    engine = optimize(model.generator, options, calibration=calibration, device=device)
+    mode_name = mode if isinstance(mode, str) else options.describe()
+    info = ModelInfo(
+        name=name, version=version, alias=alias, mode=mode_name, mouth_size=model.mouth_size,
+        source=source, description=engine.description, optimized_artifact=False,
+        config=config,
+    )
+    return engine, info
+
+
+def info_json(info: ModelInfo) -> str:
+    return json.dumps(info.as_dict(), indent=2, default=str)
+
+
+__all__ = [
+    "DEFAULT_MODE",
+    "ModelInfo",
+    "default_shards",
+    "info_json",
+    "is_optimized",
+    "load_engine",
+    "read_optimized",
+    "real_batches",
+    "save_optimized",
+]
