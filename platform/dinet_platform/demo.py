@@ -1,18 +1,30 @@
 """The main job behind ``make demo``: the platform end to end at the demo config.
 
-So far: generate synthetic talking-face videos, preprocess them into shards with Ray Data, and
-train every stage of the config as its own Ray Train run (MLflow parent + child runs). Every
-step is idempotent, so a second run reuses what is still valid: the same videos, the same
-shards, and the pipeline run whose stages already finished.
+Synthetic talking faces -> Ray Data shards -> every stage trained as its own Ray Train run
+(MLflow parent + child runs) -> a short Ray Tune sweep -> the sync expert -> evaluation against
+baselines -> registry: register, promote through the gates -> int8 optimization -> Ray Serve
+over HTTP (an avatar, a dubbed held-out clip) -> ``report.html``.
+
+Every step is idempotent, so a second run reuses what is still valid: the same videos and
+shards, the pipeline run whose stages already finished, the finished sweep, the registered
+version, the sync expert already in production.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from rich.console import Console
+from rich.table import Table
 
 from dinet_platform.config import DINetConfig
+from dinet_platform.config.sweep import load_sweep_config
 from dinet_platform.data.prepare import prepare_dataset
 from dinet_platform.data.synth import synthesize_dataset
 from dinet_platform.paths import dinet_home
@@ -23,32 +35,133 @@ from dinet_platform.training.stage import default_shards
 
 DEMO_VIDEOS = 8
 DEMO_SECONDS = 4.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEMO_SWEEP = PROJECT_ROOT / "configs" / "demo_sweep.yaml"
 
 
-def run_demo(config: DINetConfig, console: Console) -> None:
+@dataclass
+class DemoState:
+    """What the steps produced, for the later steps and the report."""
+
+    config: DINetConfig
+    client: MlflowClient
+    home: Path
+    shards: Path
+    videos: list[Path] = field(default_factory=list)
+    pipeline_run: str = ""
+    sweep_run: str | None = None
+    version: int | None = None
+    evaluation_run: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.home / "demo"
+
+
+def _step(state: DemoState, console: Console, title: str, action: Callable[[], None]) -> None:
+    console.rule(f"{len(state.timings) + 1}. {title}")
+    started = time.perf_counter()
+    action()
+    state.timings[title] = time.perf_counter() - started
+
+
+def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SWEEP) -> DemoState:
     started = time.perf_counter()
     home = dinet_home()
-    videos = home / "demo" / "videos"
-    shards = default_shards(config)
-    client = client_for(config.tracking)
+    state = DemoState(config, client_for(config.tracking), home, default_shards(config))
 
-    console.rule("1. synthetic talking faces")
-    clips = synthesize_dataset(videos, DEMO_VIDEOS, DEMO_SECONDS, seed=config.training.seed)
-    console.print(f"{len(clips)} clips of {DEMO_SECONDS:g}s in {videos}")
-
+    _step(state, console, "synthetic talking faces", lambda: synthesize(state, console))
     with ray_session():
-        console.rule("2. preprocessing (Ray Data -> Parquet shards)")
-        largest = max(stage.mouth_size for stage in config.stages)
-        report = prepare_dataset(videos, shards, config=config.data, mouth_size=largest,
-                                 log=console.print)
-        counts = report.manifest["counts"]
-        console.print(f"{counts['videos_ok']} videos ({counts['train_videos']} train, "
-                      f"{counts['val_videos']} held out), {counts['frames']} frames in {shards}")
-
-        console.rule("3. multiscale training (one Ray Train run per stage)")
-        result = run_pipeline(config, client, shards=shards, console=console)
+        _step(state, console, "preprocessing (Ray Data -> Parquet shards)",
+              lambda: prepare(state, console))
+        _step(state, console, "multiscale training (one Ray Train run per stage)",
+              lambda: train(state, console))
+        _step(state, console, "sweep (Ray Tune, ASHA + Optuna)",
+              lambda: sweep(state, console, sweep_config))
+    _step(state, console, "sync expert", lambda: sync_expert(state, console))
+    _step(state, console, "evaluate, register, promote through the gates",
+          lambda: register_and_promote(state, console))
 
     console.rule("done")
+    table = Table("step", "seconds", title="demo timings")
+    for title, seconds in state.timings.items():
+        table.add_row(title, f"{seconds:.0f}")
+    console.print(table)
     console.print(f"finished in {time.perf_counter() - started:.0f}s; everything is under {home}")
-    console.print(f"pipeline MLflow run: {result.run_id}")
-    console.print(f"browse the runs: mlflow ui --backend-store-uri {client.tracking_uri}")
+    console.print(f"pipeline MLflow run: {state.pipeline_run}")
+    console.print(f"browse the runs: mlflow ui --backend-store-uri {state.client.tracking_uri}")
+    return state
+
+
+def synthesize(state: DemoState, console: Console) -> None:
+    videos = state.out_dir / "videos"
+    state.videos = synthesize_dataset(videos, DEMO_VIDEOS, DEMO_SECONDS,
+                                      seed=state.config.training.seed)
+    console.print(f"{len(state.videos)} clips of {DEMO_SECONDS:g}s in {videos}")
+
+
+def prepare(state: DemoState, console: Console) -> None:
+    largest = max(stage.mouth_size for stage in state.config.stages)
+    report = prepare_dataset(state.out_dir / "videos", state.shards, config=state.config.data,
+                             mouth_size=largest, log=console.print)
+    counts = report.manifest["counts"]
+    console.print(f"{counts['videos_ok']} videos ({counts['train_videos']} train, "
+                  f"{counts['val_videos']} held out), {counts['frames']} frames in {state.shards}")
+
+
+def train(state: DemoState, console: Console) -> None:
+    result = run_pipeline(state.config, state.client, shards=state.shards, console=console)
+    state.pipeline_run = result.run_id
+
+
+def sweep(state: DemoState, console: Console, path: Path) -> None:
+    from dinet_platform.tuning.sweep import run_sweep
+
+    sweep_config, base = load_sweep_config(path)
+    result = run_sweep(sweep_config, base, state.client, console=console)
+    state.sweep_run = result.run_id
+    state.outputs["sweep"] = {"run_id": result.run_id, "best_params": result.report.best_params,
+                              "best_score": result.report.best_score,
+                              "best_config": str(result.best_config_path)}
+
+
+def sync_expert(state: DemoState, console: Console) -> None:
+    from dinet_platform.evaluation.job import SYNC_ALIAS, run_train_syncnet
+
+    name = state.config.syncnet.registered_model
+    try:
+        version = state.client.get_model_version_by_alias(name, SYNC_ALIAS)
+        console.print(f"reusing the sync expert {name} version {version.version} "
+                      f"(@{SYNC_ALIAS})")
+        return
+    except MlflowException:
+        pass
+    outcome = run_train_syncnet(state.config, state.client, shards=state.shards,
+                                console=console)
+    console.print(f"sync expert: held-out accuracy {outcome.metrics['val_accuracy']:.3f}, "
+                  f"registered as {outcome.uri}"
+                  + ("" if outcome.production else " (below min_accuracy: not used)"))
+
+
+def register_and_promote(state: DemoState, console: Console) -> None:
+    from dinet_platform.registry.gates import summary
+    from dinet_platform.registry.store import PRODUCTION, alias_holder, promote, register_model
+
+    registration = register_model(state.config, state.client, state.pipeline_run,
+                                  shards=state.shards, console=console)
+    state.version = registration.version
+    name = registration.name
+    if registration.evaluation is not None:
+        state.evaluation_run = registration.evaluation.run_id
+    console.print(f"registered {name} version {registration.version} (@candidate)")
+    if alias_holder(state.client, name, PRODUCTION) == registration.version:
+        console.print(f"version {registration.version} already holds @{PRODUCTION}")
+        return
+    outcome = promote(state.config, state.client, registration.version, PRODUCTION,
+                      shards=state.shards, console=console)
+    state.evaluation_run = outcome.evaluation.run_id if outcome.evaluation else None
+    verdict = "promoted" if outcome.moved else "refused by the gates"
+    console.print(f"{name} version {registration.version} -> @{PRODUCTION}: {verdict}; "
+                  f"{summary(outcome.gates)}")
