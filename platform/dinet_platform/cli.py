@@ -178,6 +178,10 @@ def _register_subcommands() -> None:
     app.command("evaluate")(evaluate)
     app.command("train-syncnet")(train_syncnet)
     app.add_typer(registry_app, name="registry")
+    from dinet_platform.inference.cli import dub, optimize_model
+
+    app.command("optimize")(optimize_model)
+    app.command("dub")(dub)
 
 
 _register_subcommands()

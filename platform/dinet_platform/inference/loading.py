@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,10 +38,15 @@ import yaml
 from dinet_platform.config.schema import DINetConfig
 from dinet_platform.inference.artifact import META_FILE, load_artifact, save_artifact
 from dinet_platform.inference.engine import InferenceEngine
-from dinet_platform.inference.modes import MODES, Mode, OptimizeOptions, optimize
-from dinet_platform.inference.quantize import CalibrationBatch
 
-DEFAULT_MODE: Mode = "all"
+if TYPE_CHECKING:  # the model code is imported only when a checkpoint is loaded
+    from dinet_platform.inference.modes import Mode, OptimizeOptions
+    from dinet_platform.inference.quantize import CalibrationBatch
+
+DEFAULT_MODE = "all"
+MODE_NAMES = ("fp32", "structure", "cache", "dynamic_int8", "static_int8", "compile", "all")
+"""``modes.MODES`` (spelled out so that loading an artifact never imports the model code;
+a test checks they agree)."""
 OPTIMIZATION_FILE = "optimization.json"
 CONFIG_FILE = "config.yaml"
 CALIBRATION_BATCHES = 8
@@ -122,6 +127,7 @@ def real_batches(
     and accuracy measurement can use disjoint frames."""
     from dinet_platform.data.samples import SampleBuilder, sample_windows
     from dinet_platform.data.shards import ShardError
+    from dinet_platform.inference.quantize import CalibrationBatch
 
     try:
         builder = SampleBuilder(
@@ -229,8 +235,8 @@ def load_engine(
         compile: override the mode's ``torch.compile`` switch (``False`` for a process that
             cannot afford a compile per input shape).
     """
-    if mode is not None and not isinstance(mode, OptimizeOptions) and mode not in MODES:
-        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if isinstance(mode, str) and mode not in MODE_NAMES:
+        raise ValueError(f"mode must be one of {list(MODE_NAMES)}, got {mode!r}")
     name, version, alias, resolved, path = _resolve(reference, client)
     if is_optimized(path):
         return _load_optimized(path, name, version, alias, resolved, mode, device)
@@ -276,7 +282,7 @@ def _load_optimized(
     mode: Mode | OptimizeOptions | None, device: str | torch.device,
 ) -> tuple[InferenceEngine, ModelInfo]:
     meta, config = read_optimized(path)
-    wanted = mode.describe() if isinstance(mode, OptimizeOptions) else mode
+    wanted = mode if mode is None or isinstance(mode, str) else mode.describe()
     if wanted is not None and wanted != meta["mode"]:
         raise ValueError(
             f"model {source!r} is an optimized {meta['mode']!r} artifact and cannot run as "
@@ -299,6 +305,7 @@ def _load_checkpoint(
     config: DINetConfig | None, compile: bool | None,
 ) -> tuple[InferenceEngine, ModelInfo]:
     from dinet_platform.evaluation.evaluate import load_model
+    from dinet_platform.inference.modes import OptimizeOptions, optimize
     from dinet_platform.training.checkpoint import is_platform_checkpoint, load_checkpoint
 
     model = load_model(name, path, source=source, fallback=config)

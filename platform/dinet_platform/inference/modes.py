@@ -13,7 +13,12 @@ Modes (each step alone, so the benchmark can attribute speed to it, and ``all`` 
 Accuracy against the fp32 model's output (``tests/test_inference.py`` holds every mode to it):
 ``structure``, ``cache`` and ``compile`` only reorder float arithmetic: within ``EXACT_ATOL``
 (1e-5, max abs) on well-conditioned weights, and in general no further from a float64
-evaluation than twice the fp32 model itself is; the int8 modes are lossy and held to
+evaluation than twice the fp32 model itself is on image-like stand-ins, and than
+``REORDER_FACTOR`` (4) times on real frames with BatchNorms settled on a few of them (near-
+constant channels of flat-shaded synthetic faces give BatchNorm scales in the hundreds, and
+folding them into the weights changes where fp32 rounds: measured 2.4x, ~4e-5 of full scale,
+for ``structure`` on a width-0.125 model in ``tests/test_optimize.py``); the int8 modes are
+lossy and held to
 ``MIN_PSNR_DB`` (peak 1.0) on image-like inputs. The int8 thresholds are deliberately loose
 (35 dB, "no visible difference" territory) because the measured figure depends on the weights:
 on a randomly initialised stand-in with settled BatchNorm statistics we measure ~40-42 dB for
@@ -55,6 +60,7 @@ from dinet_platform.models.dinet import DINet, ReferenceFeatures
 Mode = Literal["fp32", "structure", "cache", "dynamic_int8", "static_int8", "compile", "all"]
 MODES: tuple[str, ...] = get_args(Mode)
 EXACT_ATOL = 1e-5
+REORDER_FACTOR = 4.0
 MIN_PSNR_DB = {"dynamic_int8": 35.0, "static_int8": 35.0, "all": 35.0}
 HalfDtype = Literal["bf16", "fp16"]
 HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -47,6 +47,7 @@ from dinet_platform.tracking import (
     DATA_HASH_TAG,
     KIND_TAG,
     PARENT_TAG,
+    experiment_id,
     get_run,
     resolve_checkpoint,
 )
@@ -364,3 +365,80 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
                       if k.startswith("dinet.gates.") and k.count(".") == 2},
         })
     return rows
+
+
+# --------------------------------------------------------------------------- optimized
+
+
+OPTIMIZED_ARTIFACT = "optimized_model"
+OPTIMIZATION_PREFIX = "dinet.optimization."
+PSNR_CAP_DB = 100.0
+
+
+@dataclass
+class OptimizedRegistration:
+    name: str
+    version: int
+    run_id: str
+
+
+def register_optimized(
+    config: DINetConfig,
+    client: MlflowClient,
+    directory: str | Path,
+    *,
+    mode: str,
+    psnr_vs_fp32: float,
+    mouth_size: int,
+    source: str,
+    source_version: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> OptimizedRegistration:
+    """Register an optimized inference directory (``dinet optimize``: torch.export/TorchScript
+    programs + JSON/YAML, nothing pickled) as a new version of
+    ``tracking.registered_model``, tagged ``dinet.optimization.{mode, psnr_vs_fp32,
+    source_version, source}``. The directory is logged to a finished ``optimization`` run
+    (the version's source run, which also records the PSNR as a metric). No alias is moved:
+    an optimized version is promoted like any other."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"optimized model directory {directory} does not exist")
+    name = config.tracking.registered_model
+    source_tags: dict[str, str] = {}
+    if source_version is not None:
+        source_tags = dict(require_version(client, name, source_version).tags)
+    psnr_text = "inf" if psnr_vs_fp32 == float("inf") else f"{psnr_vs_fp32:.4f}"
+    run = client.create_run(
+        experiment_id(client, config.tracking.experiment), run_name=f"optimize-{mode}",
+        tags={KIND_TAG: "optimization", f"{OPTIMIZATION_PREFIX}mode": mode,
+              f"{OPTIMIZATION_PREFIX}source": source},
+    )
+    run_id = run.info.run_id
+    try:
+        client.log_metric(run_id, "psnr_vs_fp32", min(psnr_vs_fp32, PSNR_CAP_DB))
+        for key, value in (details or {}).items():
+            client.set_tag(run_id, f"{OPTIMIZATION_PREFIX}{key}", _tag(value))
+        client.log_artifacts(run_id, str(directory), OPTIMIZED_ARTIFACT)
+    except Exception:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    carried = ("dinet.config", "dinet.data_hash", "dinet.stages", "dinet.variant", "dinet.width")
+    tags = {
+        **{key: source_tags[key] for key in carried if key in source_tags},
+        f"{OPTIMIZATION_PREFIX}mode": mode,
+        f"{OPTIMIZATION_PREFIX}psnr_vs_fp32": psnr_text,
+        f"{OPTIMIZATION_PREFIX}source_version": str(source_version or ""),
+        f"{OPTIMIZATION_PREFIX}source": source,
+        SOURCE_RUN_TAG: run_id,
+        "dinet.mouth_size": str(mouth_size),
+        "dinet.git_commit": git_commit(),
+        "dinet.registered_by": who(),
+        "dinet.registered_at": _stamp(),
+    }
+    ensure_registered_model(client, name)
+    version = client.create_model_version(
+        name, f"runs:/{run_id}/{OPTIMIZED_ARTIFACT}", run_id=run_id, tags=tags,
+        description=f"{mode} optimization of {source} (mouth {mouth_size}, PSNR vs fp32 "
+                    f"{psnr_text} dB); loads with torch alone")
+    return OptimizedRegistration(name, int(version.version), run_id)

@@ -1,0 +1,264 @@
+"""Offline dubbing without Ray: a face video + speech -> a lip-synced H.264 mp4 with the speech.
+
+:func:`dub_video` is the one dubbing function (``dinet dub`` and Serve's ``/v1/dub`` call it):
+
+1. audio features with the function and settings training used (log-mel from the model's
+   ``data`` config, one vector per output frame; DeepSpeech from ``<audio>_deepspeech.npy``
+   when the model was trained on those);
+2. the avatar (:class:`~dinet_platform.inference.avatar.Avatar`) looped forward/backward or
+   trimmed so the output has exactly ``round(audio seconds x fps)`` frames;
+3. reference features encoded once, then frames through the engine in batches;
+4. every generated crop blended into its full frame (feathered mouth box, :mod:`.blend`);
+5. encoded to H.264 (yuv420p) with the speech muxed as AAC at its own sample rate.
+
+Everything that can be wrong with the inputs is checked before the output is opened, and the
+mp4 is written under a temporary name and renamed into place at the end: a failed or
+interrupted run never leaves a partial file at ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dinet_platform.config.schema import DataConfig
+from dinet_platform.data.audio_features import (
+    AudioFeatureError,
+    audio_window,
+    deepspeech_path,
+    load_deepspeech,
+    logmel_features,
+)
+from dinet_platform.data.media import MediaError, read_audio
+from dinet_platform.inference.avatar import Avatar, AvatarError
+from dinet_platform.inference.engine import AvatarFeatures, InferenceEngine
+from dinet_platform.inference.loading import ModelInfo
+
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_CRF = 18
+X264_OPTIONS = {"preset": "veryfast"}
+AAC_OPTIONS = {"b": "128k"}
+
+
+class DubError(ValueError):
+    """Bad dubbing input; the message names the file or value and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Speech:
+    """The driving audio: samples for muxing and one feature vector per output frame."""
+
+    samples: np.ndarray
+    """Mono float32 at ``sample_rate`` (the file's own rate)."""
+    sample_rate: int
+    features: np.ndarray
+    """(num_frames, D) float32."""
+    fps: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.features)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+@dataclass(frozen=True)
+class DubResult:
+    out: Path
+    frames: int
+    fps: int
+    audio_seconds: float
+    avatar_frames: int
+    batch_size: int
+    seconds: float
+    """Wall time of generation + encoding."""
+
+    @property
+    def video_seconds(self) -> float:
+        return self.frames / self.fps
+
+    def summary(self) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else float("inf")
+        return (f"wrote {self.out}: {self.frames} frames at {self.fps} fps "
+                f"({self.video_seconds:.2f} s video, {self.audio_seconds:.2f} s audio) from "
+                f"{self.avatar_frames} avatar frames in {self.seconds:.1f} s ({rate:.1f} frames/s)")
+
+
+def _native_rate(path: Path) -> int:
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.audio:
+                return int(container.streams.audio[0].rate or 0) or 16000
+    except (av.FFmpegError, OSError, ValueError):
+        pass  # read_audio below reports what is wrong with the file
+    return 16000
+
+
+def load_speech(audio: str | Path, data: DataConfig) -> Speech:
+    """Read ``audio`` (any file with an audio stream) and compute the model's features."""
+    audio = Path(audio)
+    try:
+        model_rate = read_audio(audio, data.sample_rate)
+        rate = _native_rate(audio)
+        samples = model_rate if rate == data.sample_rate else read_audio(audio, rate)
+        num_frames = max(1, round(len(model_rate) / data.sample_rate * data.fps))
+        if data.audio_features == "deepspeech":
+            features = load_deepspeech(deepspeech_path(audio), num_frames)
+        else:
+            features = logmel_features(model_rate, num_frames, sample_rate=data.sample_rate,
+                                       fps=data.fps, n_mels=data.n_mels)
+    except FileNotFoundError as exc:
+        raise DubError(f"audio {audio.name}: {exc}") from None
+    except (MediaError, AudioFeatureError) as exc:
+        raise DubError(f"audio {audio.name}: {exc}") from None
+    return Speech(samples=samples, sample_rate=rate, features=features, fps=data.fps)
+
+
+def render_frames(
+    engine: InferenceEngine,
+    avatar: Avatar,
+    speech_features: np.ndarray,
+    audio_window_size: int,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reference: AvatarFeatures | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(avatar frame index, full RGB frame)`` for every frame of the speech, generated in
+    batches of ``batch_size`` with the avatar's reference features encoded once (or
+    ``reference``, e.g. from Serve's avatar cache)."""
+    if batch_size < 1:
+        raise DubError(f"batch_size must be >= 1, got {batch_size}")
+    reference = reference or engine.encode_reference(avatar.references())
+    total = len(speech_features)
+    for start in range(0, total, batch_size):
+        steps = list(range(start, min(total, start + batch_size)))
+        indices = [avatar.loop_index(step) for step in steps]
+        windows = np.stack([audio_window(speech_features, s, audio_window_size) for s in steps])
+        faces = engine.generate(avatar.sources(indices), torch.from_numpy(windows), reference)
+        for k, index in enumerate(indices):
+            yield index, avatar.paste(index, faces[k])
+
+
+def dub_video(
+    engine: InferenceEngine,
+    video: str | Path | Avatar,
+    audio: str | Path | Speech,
+    out: str | Path,
+    *,
+    model: ModelInfo,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    landmarks: str | Path | None = None,
+    reference: AvatarFeatures | None = None,
+    crf: int = DEFAULT_CRF,
+    console: Console | None = None,
+) -> DubResult:
+    """Dub ``video`` (a file, with an optional OpenFace ``landmarks`` CSV, or a prepared
+    :class:`Avatar`) with ``audio`` into the mp4 ``out`` (see the module doc). ``model`` is
+    the :class:`ModelInfo` that came with ``engine`` from ``load_engine``."""
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise DubError(f"--out {out}: the output is an H.264 mp4, name it *.mp4")
+    if out.is_dir():
+        raise DubError(f"--out {out} is a directory")
+    if batch_size < 1:
+        raise DubError(f"batch_size must be >= 1, got {batch_size}")
+    data = model.config.data
+    if isinstance(video, Avatar):
+        avatar = video
+    else:
+        if not Path(video).is_file():
+            raise DubError(f"video {video}: file not found")
+        if landmarks is not None and not Path(landmarks).is_file():
+            raise DubError(f"landmarks {landmarks}: file not found")
+        try:
+            avatar = Avatar.from_video(video, mouth_size=model.mouth_size, data=data,
+                                       landmarks=landmarks)
+        except AvatarError as exc:
+            raise DubError(str(exc)) from None
+    if avatar.mouth_size != model.mouth_size:
+        raise DubError(f"avatar is prepared for mouth {avatar.mouth_size}, the model runs at "
+                       f"{model.mouth_size}")
+    if avatar.fps != data.fps:
+        raise DubError(f"avatar is at {avatar.fps} fps, the model's features at {data.fps}")
+    speech = audio if isinstance(audio, Speech) else load_speech(audio, data)
+
+    started = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial.mp4")
+    frames = render_frames(engine, avatar, speech.features, data.audio_window,
+                           batch_size=batch_size, reference=reference)
+    try:
+        with _progress(progress, console) as bar:
+            task = bar.add_task("dubbing", total=speech.num_frames)
+            _encode(tmp, (frame for _, frame in frames), speech, crf,
+                    lambda: bar.advance(task))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return DubResult(out, speech.num_frames, data.fps, speech.seconds, avatar.num_frames,
+                     batch_size, time.perf_counter() - started)
+
+
+def _progress(enabled: bool, console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(),
+        MofNCompleteColumn(), TextColumn("frames"), TimeRemainingColumn(),
+        console=console, disable=not enabled, transient=False,
+    )
+
+
+def _encode(path: Path, frames: Iterator[np.ndarray], speech: Speech, crf: int, tick) -> None:
+    """H.264 + AAC mp4, one video frame's worth of audio interleaved after each frame."""
+    fps, rate = speech.fps, speech.sample_rate
+    samples = speech.samples
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps,
+                                     options={**X264_OPTIONS, "crf": str(crf)})
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        sound = container.add_stream("aac", rate=rate, options=AAC_OPTIONS)
+        sound.layout = "mono"
+        written = 0
+        for i, image in enumerate(frames):
+            height, width = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2  # 4:2:0 needs even
+            if i == 0:
+                video.width, video.height = width, height
+            # OpenCV's BT.601 conversion, as the synthetic data is encoded with
+            yuv = cv2.cvtColor(np.ascontiguousarray(image[:height, :width]),
+                               cv2.COLOR_RGB2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            frame.pts = i
+            container.mux(video.encode(frame))
+            until = min(len(samples), round((i + 1) * rate / fps))
+            if until > written:
+                container.mux(sound.encode(_audio_frame(samples[written:until], written, rate)))
+                written = until
+            tick()
+        if written < len(samples):
+            container.mux(sound.encode(_audio_frame(samples[written:], written, rate)))
+        container.mux(video.encode(None))
+        container.mux(sound.encode(None))
+
+
+def _audio_frame(chunk: np.ndarray, pts: int, rate: int) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(chunk, dtype=np.float32)[None, :], format="fltp", layout="mono"
+    )
+    frame.sample_rate = rate
+    frame.pts = pts
+    frame.time_base = Fraction(1, rate)
+    return frame
