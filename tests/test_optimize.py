@@ -82,8 +82,8 @@ def store(prepared_dir, tmp_path_factory):
         with torch.no_grad():
             out64 = torch.cat([model64(b.source.double(), b.references.double(),
                                        b.audio.double()) for b in batches])
-        yield {"out64": out64,"root": root, "config_path": config_path, "config": config, "client": client,
-               "batches": batches, "fp32": fp32, "checkpoint": root / "ckpt"}
+        yield {"root": root, "config_path": config_path, "config": config, "client": client,
+               "batches": batches, "fp32": fp32, "out64": out64, "checkpoint": root / "ckpt"}
 
 
 def outputs(engine, batches) -> torch.Tensor:

@@ -33,6 +33,16 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _client(reference: str, cfg):
+    """An MLflow client when ``reference`` needs one (registry URI, run id, artifact URI):
+    dubbing with a local checkpoint creates no tracking store."""
+    if Path(reference).expanduser().exists():
+        return None
+    from dinet_platform.tracking import client_for
+
+    return client_for(cfg.tracking)
+
+
 def _psnr(output, reference) -> float:
     import torch
 
@@ -162,7 +172,6 @@ def dub(
     from dinet_platform.data.media import MediaError
     from dinet_platform.inference.dub import dub_video
     from dinet_platform.inference.loading import load_engine
-    from dinet_platform.tracking import client_for
 
     for role, path in (("video", video), ("audio", audio), ("landmarks", landmarks)):
         if path is not None and not path.is_file():
@@ -171,7 +180,7 @@ def dub(
         raise _fail(ValueError(f"--out {out}: the output is an H.264 mp4, name it *.mp4"))
     cfg = load_or_exit(config, overrides)
     try:
-        engine, info = load_engine(model, mode=mode, client=client_for(cfg.tracking),  # type: ignore[arg-type]
+        engine, info = load_engine(model, mode=mode, client=_client(model, cfg),  # type: ignore[arg-type]
                                    calibration_shards=data, compile=compile)
         console.print(f"model {info.source} ({info.description}, mouth {info.mouth_size})",
                       highlight=False)
