@@ -7,7 +7,10 @@ written by :func:`save_artifact` and read back by :func:`load_artifact` with tor
 
 Modules: ``folding`` (BatchNorm folding), ``structure`` (the generation-only model),
 ``quantize`` (int8), ``engine`` (engine and avatar cache), ``modes`` (optimize and its modes),
-``artifact`` (export / TorchScript), ``synthetic`` (stand-in frames for tests and benchmarks).
+``artifact`` (export / TorchScript), ``synthetic`` (stand-in frames for tests and benchmarks),
+``loading`` (:func:`load_engine`: any model reference -> engine + :class:`ModelInfo`),
+``avatar`` (a face video prepared for a model), ``blend`` (feathered paste-back), ``dub``
+(:func:`dub_video`: offline dubbing to mp4), ``cli`` (``dinet optimize``, ``dinet dub``).
 
 Names are imported lazily, so ``import dinet_platform.inference.artifact`` (the deployment
 path) does not import the model code.
@@ -34,6 +37,11 @@ _EXPORTS = {
     "MODES": "modes",
     "OptimizeOptions": "modes",
     "optimize": "modes",
+    "Avatar": "avatar",
+    "dub_video": "dub",
+    "ModelInfo": "loading",
+    "load_engine": "loading",
+    "save_optimized": "loading",
     "settle_batchnorm": "synthetic",
     "synthetic_batch": "synthetic",
     "synthetic_batches": "synthetic",
@@ -42,19 +50,24 @@ _EXPORTS = {
 __all__ = [
     "MODES",
     "ArtifactInfo",
+    "Avatar",
     "AvatarCache",
     "AvatarFeatures",
     "CalibrationBatch",
     "InferenceEngine",
     "InferenceGenerator",
+    "ModelInfo",
     "OptimizeOptions",
+    "dub_video",
     "linear_share",
     "load_artifact",
+    "load_engine",
     "optimize",
     "prepare_for_inference",
     "quantize_dynamic_int8",
     "quantize_static_int8",
     "save_artifact",
+    "save_optimized",
     "settle_batchnorm",
     "synthetic_batch",
     "synthetic_batches",
@@ -62,7 +75,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from dinet_platform.inference.artifact import ArtifactInfo, load_artifact, save_artifact
+    from dinet_platform.inference.avatar import Avatar
+    from dinet_platform.inference.dub import dub_video
     from dinet_platform.inference.engine import AvatarCache, AvatarFeatures, InferenceEngine
+    from dinet_platform.inference.loading import ModelInfo, load_engine, save_optimized
     from dinet_platform.inference.modes import MODES, OptimizeOptions, optimize
     from dinet_platform.inference.quantize import (
         CalibrationBatch,
