@@ -182,6 +182,9 @@ def _register_subcommands() -> None:
 
     app.command("optimize")(optimize_model)
     app.command("dub")(dub)
+    from dinet_platform.serving.cli import serve_command
+
+    app.command("serve")(serve_command)
 
 
 _register_subcommands()

@@ -1,0 +1,8 @@
+"""Serving the lip-sync model over HTTP (Ray Serve at the edge, see ``serve_deployments``).
+
+Modules: ``settings`` (the typed app config read from a Ray Serve config file), ``auth``
+(bearer tokens), ``api`` (request parsing and validation: every refusal names its field),
+``avatars`` (avatar storage on disk and the per-replica feature cache), ``model`` (the model
+side of a replica: loading through the inference toolkit, hot swap, batched generation),
+``app`` (the FastAPI routes), ``client`` (a small Python client), ``cli`` (``dinet serve``).
+"""

@@ -1,0 +1,135 @@
+"""Request parsing for the HTTP API: every refusal is an :class:`ApiError` with the HTTP
+status and the field it is about, so a caller reads what to fix
+(``{"error": {"field": "audio_wav", "message": "sample rate 8000 Hz, ..."}}``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import wave
+from typing import Any
+
+import cv2
+import numpy as np
+
+from dinet_platform.data.audio_features import audio_window, logmel_features
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, field: str, message: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"field": self.field, "message": self.message}}
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, field, message)
+
+
+def require(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str) -> Any:
+    if key not in doc:
+        raise invalid(key, f"required ({what})")
+    value = doc[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise invalid(key, f"must be {what}, got {type(value).__name__}")
+    return value
+
+
+def optional_int(doc: dict[str, Any], key: str, default: int, minimum: int = 0) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise invalid(key, f"must be an integer >= {minimum}, got {value!r:.40}")
+    return value
+
+
+def decode_base64(text: Any, field: str) -> bytes:
+    if not isinstance(text, str):
+        raise invalid(field, "must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(field, "not valid base64") from None
+
+
+def encode_png(frame: np.ndarray) -> str:
+    """Base64 PNG of an RGB float [0, 1] or uint8 image."""
+    if frame.dtype != np.uint8:
+        frame = np.rint(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
+    ok, data = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    assert ok
+    return base64.b64encode(data.tobytes()).decode()
+
+
+def decode_wav(data: bytes, field: str, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of a PCM WAV file at exactly ``sample_rate``."""
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
+            raw = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise invalid(field, f"not a PCM WAV file ({exc})") from None
+    if rate != sample_rate:
+        raise invalid(field, f"sample rate {rate} Hz, the model needs {sample_rate} Hz")
+    if width not in (2, 4):
+        raise invalid(field, f"{8 * width}-bit samples; send 16- or 32-bit PCM")
+    ints = np.frombuffer(raw, dtype=np.int16 if width == 2 else np.int32)
+    samples = ints.astype(np.float32) / float(np.iinfo(ints.dtype).max)
+    return samples.reshape(-1, channels).mean(axis=1)
+
+
+def pcm_wav(samples: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit mono PCM WAV bytes (for clients and tests)."""
+    ints = np.clip(np.rint(np.asarray(samples) * 32767.0), -32768, 32767).astype(np.int16)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(ints.tobytes())
+    return out.getvalue()
+
+
+def features_from_wav(samples: np.ndarray, field: str, model: dict[str, Any],
+                      count: int | None) -> np.ndarray:
+    """Per-frame features ``(N, A)`` of a PCM chunk, with the same function training used."""
+    audio = model["audio"]
+    if audio["features"] != "logmel":
+        raise invalid(field, f"model version {model['version']} takes "
+                             f"{audio['features']} features: send 'features', not audio")
+    hop = audio["sample_rate"] // audio["fps"]
+    frames = len(samples) // hop
+    if count is not None and abs(len(samples) - count * hop) >= hop:
+        raise invalid(field, f"{len(samples)} samples are {len(samples) / hop:.2f} frames of "
+                             f"{hop} samples, but count is {count}")
+    frames = count if count is not None else frames
+    if frames < 1:
+        raise invalid(field, f"{len(samples)} samples: shorter than one frame ({hop} samples)")
+    return logmel_features(samples, frames, sample_rate=audio["sample_rate"], fps=audio["fps"],
+                           n_mels=audio["dim"])
+
+
+def features_from_json(values: Any, field: str, model: dict[str, Any],
+                       count: int | None) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise invalid(field, "must be a list of per-frame feature vectors (numbers)") from None
+    channels = model["audio"]["dim"]
+    if array.ndim != 2 or array.shape[1] != channels or len(array) == 0:
+        raise invalid(field, f"must have shape (frames, {channels}), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise invalid(field, "contains NaN or infinite values")
+    if count is not None and len(array) != count:
+        raise invalid(field, f"{len(array)} feature frames, but count is {count}")
+    return array
+
+
+def audio_windows(features: np.ndarray, width: int) -> np.ndarray:
+    """``(N, A, width)`` windows centred on each frame (edge-padded at the chunk ends)."""
+    return np.stack([audio_window(features, i, width) for i in range(len(features))])

@@ -1,0 +1,64 @@
+"""``dinet serve``: the lip-sync Serve app on the local Ray (or a cluster), in the foreground.
+
+Ctrl-C or SIGTERM (the CLI turns it into Ctrl-C) shuts Serve down, then the Ray started here.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dinet_platform.cli import console
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Ray Serve config file whose "
+                                         "app args hold the serving settings.")]
+    = Path("configs/serve.yaml"),
+    port: Annotated[int | None, typer.Option(help="HTTP port (default serving.port).")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP host (default serving.host).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a "
+                                                "local Ray).")] = None,
+) -> None:
+    """Serve the registry's model over HTTP (batched, int8 on CPU) until Ctrl-C."""
+    from dinet_platform.config import ConfigError
+    from dinet_platform.serving.auth import AuthConfigError, load_token
+    from dinet_platform.serving.settings import APP_NAME, load_serve_config
+
+    overrides = {"serving": {k: v for k, v in (("port", port), ("host", host)) if v}}
+    try:
+        settings = load_serve_config(config, overrides)
+        load_token()
+    except (ConfigError, AuthConfigError) as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if str(REPO_ROOT) not in sys.path:  # serve_deployments/ lives at the repository root
+        sys.path.insert(0, str(REPO_ROOT))
+    from ray import serve
+
+    from dinet_platform.ray_runtime import ray_session
+    from serve_deployments.lipsync import build_app
+
+    serving = settings.serving
+    args = settings.model_dump(mode="json")
+    with ray_session(address):
+        serve.start(http_options={"host": serving.host, "port": serving.port})
+        try:
+            console.print(f"deploying models:/{serving.model_name}@{serving.alias} "
+                          f"({serving.precision}, {serving.device}) ...")
+            serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+            url = f"http://{serving.host}:{serving.port}"
+            console.print(f"[green]serving[/green] {url}  (API docs {url}/docs, readiness "
+                          f"{url}/readyz); Ctrl-C to stop", highlight=False)
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            console.print("stopping Serve ...")
+        finally:
+            serve.shutdown()

@@ -1,0 +1,195 @@
+"""The model side of a serving replica: load the registry alias through the inference
+toolkit, swap it in without failing requests, and generate frames for a batch of callers.
+
+Plain PyTorch + MLflow, no Ray: the Serve deployment (``serve_deployments/lipsync.py``) owns
+one :class:`ModelServer` and calls it from its batched method.
+
+Precision -> inference mode (``load_engine``): ``int8`` is the folded generation-only model
+with the reference cache and static int8 convolutions calibrated on real frames (``all``
+without ``torch.compile``: a server sees many batch sizes and compiling each costs
+10-120 s); ``fp32`` the same without int8; ``fp16`` / ``bf16`` on CUDA the folded model in
+half precision.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+
+from dinet_platform.config.schema import ServingConfig
+from dinet_platform.inference.engine import AvatarFeatures, InferenceEngine
+from dinet_platform.inference.loading import ModelInfo, load_engine
+from dinet_platform.inference.modes import OptimizeOptions
+from dinet_platform.registry.store import alias_holder
+from dinet_platform.serving.avatars import AvatarCache, AvatarStore, CachedAvatar
+
+
+def serving_options(serving: ServingConfig) -> OptimizeOptions:
+    options = replace(OptimizeOptions.for_mode("all"), compile=False)
+    if serving.precision == "fp32":
+        return replace(options, static_int8=False)
+    if serving.precision in ("fp16", "bf16"):
+        return replace(options, half_dtype=serving.precision)
+    return options
+
+
+@dataclass
+class ServedModel:
+    engine: InferenceEngine
+    info: ModelInfo
+    served_alias: str
+
+    @property
+    def version(self) -> int:
+        return int(self.info.version or 0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.info.source}|{self.info.description}"
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.info.as_dict(), "alias": self.served_alias,
+                "device": str(self.engine.device),
+                "data": self.info.config.data.model_dump(mode="json")}
+
+
+def load_served_model(serving: ServingConfig, client: MlflowClient, version: int
+                      ) -> ServedModel:
+    """Version ``version`` of ``serving.model_name`` as a serving engine."""
+    engine, info = load_engine(
+        f"models:/{serving.model_name}/{version}", mode=serving_options(serving),
+        client=client, device=serving.device, calibration_shards=serving.calibration_shards,
+        compile=False)
+    return ServedModel(engine, info, serving.alias)
+
+
+@dataclass
+class FrameJob:
+    """One caller's window: output frames ``start ..`` of the avatar with ``audio`` windows
+    ``(N, A, W)`` float32; ``paste`` returns full frames instead of face crops."""
+
+    avatar_id: str
+    start: int
+    audio: np.ndarray
+    paste: bool = False
+
+
+class ModelServer:
+    """Holds the served model; :meth:`ensure_current` loads a new one beside the old and swaps
+    the reference only once it is ready, so requests in flight finish on the model they
+    started with and new ones go to the new model."""
+
+    def __init__(self, serving: ServingConfig, client: MlflowClient, store: AvatarStore):
+        self.serving = serving
+        self.client = client
+        self.store = store
+        self.cache = AvatarCache(serving.avatar_cache_bytes)
+        self.model: ServedModel | None = None
+        self._load_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        # torch.fx tracing (static int8 calibration) patches nn.Module.__call__ process-wide:
+        # a forward running in another thread meanwhile fails. Loading such a model therefore
+        # holds this lock, and so does every forward: requests wait, none fail.
+        self._compute_lock = threading.RLock()
+        self.batches = 0
+        self.batch_sizes: dict[int, int] = {}
+
+    def resolve(self) -> int:
+        version = alias_holder(self.client, self.serving.model_name, self.serving.alias)
+        if version is None:
+            raise LookupError(f"registered model {self.serving.model_name!r} has no alias "
+                              f"{self.serving.alias!r} in {self.client.tracking_uri}")
+        return version
+
+    def ensure_current(self, force: bool = False) -> bool:
+        """Load the alias's version if it is not the one served (or ``force``); True if the
+        served model changed. Slow (download, calibration): call it off the event loop."""
+        with self._load_lock:
+            version = self.resolve()
+            current = self.model
+            if (not force and current is not None and current.version == version
+                    and current.served_alias == self.serving.alias):
+                return False
+            traces = serving_options(self.serving).static_int8 and self.serving.device == "cpu"
+            if traces:
+                with self._compute_lock:
+                    loaded = load_served_model(self.serving, self.client, version)
+            else:
+                loaded = load_served_model(self.serving, self.client, version)
+            self.model = loaded  # the swap
+            with self._cache_lock:
+                self.cache.clear()
+            return True
+
+    def reconfigure(self, serving: ServingConfig) -> None:
+        self.serving = serving
+        self.cache.max_bytes = serving.avatar_cache_bytes
+
+    def info(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "ready": model is not None,
+            "model": model.describe() if model else None,
+            "batches": self.batches,
+            "batch_sizes": dict(self.batch_sizes),
+            "avatar_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
+                             "max_bytes": self.cache.max_bytes, "hits": self.cache.hits,
+                             "misses": self.cache.misses},
+        }
+
+    def avatar(self, model: ServedModel, avatar_id: str) -> CachedAvatar:
+        """The avatar and its reference features for ``model`` (built on a miss)."""
+        key = f"{model.key}|{avatar_id}"
+        with self._cache_lock:
+            entry = self.cache.get(key)
+        if entry is None:
+            avatar = self.store.load(avatar_id)
+            if avatar.mouth_size != model.info.mouth_size:
+                raise ValueError(f"avatar {avatar_id} was made for mouth size "
+                                 f"{avatar.mouth_size}, the served model (version "
+                                 f"{model.version}) uses {model.info.mouth_size}: upload its "
+                                 "video again")
+            with self._compute_lock:
+                features = model.engine.encode_reference(avatar.references())
+            entry = CachedAvatar(avatar, features)
+            with self._cache_lock:
+                self.cache.put(key, entry)
+        return entry
+
+    def generate(self, jobs: list[FrameJob]) -> tuple[list[np.ndarray], ServedModel]:
+        """Per job: face crops ``(N, H, W, 3)`` float32 in [0, 1], or full frames
+        ``(N, h, w, 3)`` uint8 with ``paste``; all jobs in one engine call."""
+        model = self.model
+        if model is None:
+            raise RuntimeError("no model loaded yet")
+        sources, audios, features, entries, indices = [], [], [], [], []
+        for job in jobs:
+            entry = self.avatar(model, job.avatar_id)
+            index = [entry.avatar.loop_index(job.start + i) for i in range(len(job.audio))]
+            sources.append(entry.avatar.sources(index))
+            audios.append(torch.from_numpy(job.audio))
+            features.append(entry.features.expand(len(index)))
+            entries.append(entry)
+            indices.append(index)
+        tensors = tuple(torch.cat(parts) for parts in zip(*features, strict=True))
+        merged = AvatarFeatures(tensors, encoded=model.engine.cache_reference)
+        with self._compute_lock:
+            faces = model.engine.generate(torch.cat(sources), torch.cat(audios), merged)
+        faces = faces.clamp(0.0, 1.0).cpu()
+        self.batches += 1
+        self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
+        outputs, offset = [], 0
+        for job, entry, index in zip(jobs, entries, indices, strict=True):
+            part = faces[offset: offset + len(index)]
+            offset += len(index)
+            if job.paste:
+                outputs.append(np.stack([entry.avatar.paste(i, face)
+                                         for i, face in zip(index, part, strict=True)]))
+            else:
+                outputs.append(part.permute(0, 2, 3, 1).numpy())
+        return outputs, model

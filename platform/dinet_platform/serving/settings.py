@@ -1,0 +1,60 @@
+"""The serve app's typed settings, read from a Ray Serve config file.
+
+``configs/serve.yaml`` is a Ray Serve config file (what ``serve deploy`` takes) whose
+application ``args`` hold the platform's settings: ``serving`` (:class:`ServingConfig`) and
+``tracking`` (:class:`TrackingConfig`). ``dinet serve`` and the ``serve deploy`` app builder
+both validate those args here, so a bad field is refused the same way on a laptop and on a
+cluster.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from dinet_platform.config.loader import ConfigError, format_errors
+from dinet_platform.config.schema import ServingConfig, Strict, TrackingConfig
+from dinet_platform.paths import dinet_home
+
+APP_NAME = "dinet"
+
+
+class ServeAppConfig(Strict):
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def validate_args(args: dict[str, Any] | None, source: str = "serve args") -> ServeAppConfig:
+    try:
+        return ServeAppConfig.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid serve settings\n{format_errors(exc)}") from None
+
+
+def load_serve_config(path: str | Path, overrides: dict[str, Any] | None = None
+                      ) -> ServeAppConfig:
+    """The settings of the ``dinet`` application in a Ray Serve config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"serve config not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    apps = doc.get("applications") if isinstance(doc, dict) else None
+    if not isinstance(apps, list) or not apps:
+        raise ConfigError(f"{path}: a Ray Serve config needs an 'applications' list")
+    app = next((a for a in apps if isinstance(a, dict) and a.get("name") == APP_NAME), apps[0])
+    args = dict(app.get("args") or {})
+    for section, values in (overrides or {}).items():
+        args[section] = {**(args.get(section) or {}), **values}
+    return validate_args(args, source=str(path))
+
+
+def avatar_dir(serving: ServingConfig) -> Path:
+    if serving.avatar_dir:
+        return Path(serving.avatar_dir).expanduser().resolve()
+    return dinet_home() / "serve" / "avatars"

@@ -1,0 +1,162 @@
+"""The lip-sync Serve application: an HTTP ingress and a batched model deployment.
+
+``serve deploy configs/serve.yaml`` (cluster) and ``dinet serve`` (local) both build it with
+:func:`build_app` from the config's application ``args``. The library does the work
+(``dinet_platform.serving``); this module only wires it into Ray Serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from dinet_platform.config.schema import ServingConfig
+from dinet_platform.serving.app import AppState, create_app
+from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
+from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
+from dinet_platform.serving.model import FrameJob, ModelServer
+from dinet_platform.serving.settings import ServeAppConfig, avatar_dir, validate_args
+from dinet_platform.tracking import client_for
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment
+class LipSyncModel:
+    """One replica: the served engine, its avatar-feature cache, and batching across callers.
+    The model is (re)loaded in :meth:`reconfigure`, so re-applying the config (or
+    ``POST /v1/admin/reload``) swaps it while requests keep flowing."""
+
+    def __init__(self, settings: dict[str, Any]):
+        config = ServeAppConfig.model_validate(settings)
+        self.server = ModelServer(config.serving, client_for(config.tracking),
+                                  AvatarStore(avatar_dir(config.serving)))
+        self.error: str | None = None
+        self._watch: asyncio.Task | None = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        serving = ServingConfig.model_validate(user_config["serving"])
+        previous = self.server.serving
+        self.server.reconfigure(serving)
+        self._generate.set_max_batch_size(serving.max_batch_size)
+        self._generate.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
+        force = (previous.precision, previous.device) != (serving.precision, serving.device)
+        await self._load(force)
+        if self._watch is None and serving.watch_alias_s > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_alias())
+
+    async def _load(self, force: bool = False) -> bool:
+        try:
+            changed = await asyncio.to_thread(self.server.ensure_current, force)
+            self.error = None
+            return changed
+        except Exception as exc:  # keep serving the old model (or none) and say why
+            self.error = f"{type(exc).__name__}: {exc}"
+            logger.exception("loading the model failed")
+            return False
+
+    async def _watch_alias(self) -> None:
+        while self.server.serving.watch_alias_s > 0:
+            await asyncio.sleep(self.server.serving.watch_alias_s)
+            await self._load()
+
+    async def info(self) -> dict[str, Any]:
+        return {**self.server.info(), "error": self.error}
+
+    async def reload(self) -> dict[str, Any]:
+        changed = await self._load()
+        return {**self.server.info(), "error": self.error, "changed": changed}
+
+    def check_health(self) -> None:
+        pass  # an unloaded model is reported by readiness (/readyz), not fatal to the replica
+
+    async def frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False
+                     ) -> dict[str, Any]:
+        model = self.server.model
+        if model is None:
+            return _error(503, "model", f"no model loaded yet ({self.error or 'loading'})")
+        expected = (model.info.config.model.audio_channels, model.info.audio_window)
+        if audio.shape[1:] != expected:
+            return _error(422, "features", f"audio windows of shape {expected} expected by "
+                                           f"version {model.version}, got {audio.shape[1:]}")
+        try:  # load and check the avatar here, so one bad caller never fails a whole batch
+            await asyncio.to_thread(self.server.avatar, model, avatar_id)
+            return await self._generate(FrameJob(avatar_id, start, audio.astype(np.float32),
+                                                 paste))
+        except AvatarNotFound as exc:
+            return _error(404, "avatar_id", str(exc))
+        except ValueError as exc:  # unreadable, or made for another mouth size
+            return _error(422, "avatar_id", str(exc))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate(self, jobs: list[FrameJob]) -> list[dict[str, Any]]:
+        outputs, model = await asyncio.to_thread(self.server.generate, jobs)
+        return [{"frames": out, "version": model.version, "batch_size": len(jobs)}
+                for out in outputs]
+
+
+def _error(status: int, field: str, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "field": field, "message": message}}
+
+
+@serve.deployment
+@serve.ingress()
+class LipSyncIngress:
+    """The HTTP API; its FastAPI app is built per replica, holding the model handle."""
+
+    def __init__(self, model: DeploymentHandle, settings: dict[str, Any]):
+        config = ServeAppConfig.model_validate(settings)
+        self.state = AppState(settings=config, token=load_token(),
+                              store=AvatarStore(avatar_dir(config.serving)), model=model)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = create_app()
+        app.state.dinet = self.state
+        return app
+
+
+# Where replicas find state and the token *file* (never the token itself: runtime envs are
+# visible in the dashboard). A replica on an already running Ray does not inherit the
+# environment of the process that deploys it.
+FORWARDED_ENV = ("DINET_HOME", "MLFLOW_TRACKING_URI", TOKEN_FILE_ENV)
+
+
+def forwarded_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """The application for ``args`` (``{"serving": ..., "tracking": ...}``). Raises a
+    ConfigError naming the field for bad settings, and refuses to start without a token."""
+    config = validate_args(args)
+    load_token()
+    serving = config.serving
+    settings = config.model_dump(mode="json")
+    runtime_env = {"env_vars": forwarded_env()}
+    model_options: dict[str, Any] = {
+        "max_ongoing_requests": serving.max_ongoing_requests,
+        "max_queued_requests": serving.max_queued_requests,
+        "ray_actor_options": {"num_cpus": serving.cpus_per_replica,
+                              "num_gpus": serving.replica_gpus, "runtime_env": runtime_env},
+        # A fresh stamp makes every deploy call reconfigure: re-applying the config re-resolves
+        # the alias even when no setting changed.
+        "user_config": {"serving": settings["serving"], "applied_at": time.time()},
+    }
+    if serving.autoscaling is not None:
+        model_options["autoscaling_config"] = serving.autoscaling.model_dump()
+    else:
+        model_options["num_replicas"] = serving.num_replicas
+    model = LipSyncModel.options(**model_options).bind(settings)
+    ingress = LipSyncIngress.options(
+        max_ongoing_requests=max(64, 4 * serving.max_ongoing_requests),
+        max_queued_requests=4 * serving.max_queued_requests,
+        ray_actor_options={"num_cpus": 0.1, "runtime_env": runtime_env},
+    )
+    return ingress.bind(model, settings)

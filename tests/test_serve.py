@@ -1,0 +1,337 @@
+"""Ray Serve: real HTTP against a real local Serve app serving a tiny model registered in a
+real MLflow (SQLite) registry: batching, parity with the offline engine, hot swap, bad input,
+auth. One Serve app per module (it takes a while to start on 2 cores)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from dinet_platform.config import validate_config
+from dinet_platform.config.loader import ConfigError
+from dinet_platform.geometry import crop_geometry
+from dinet_platform.models.factory import build_generator
+from dinet_platform.ray_runtime import free_port
+from dinet_platform.registry.store import move_alias, register_model
+from dinet_platform.serving import api
+from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
+from dinet_platform.serving.client import LipSyncClient, LipSyncError
+from dinet_platform.serving.model import load_served_model
+from dinet_platform.serving.settings import ServeAppConfig, validate_args
+from dinet_platform.tracking import client_for
+from dinet_platform.training.checkpoint import save_checkpoint
+from dinet_platform.training.stage import start_stage_run
+
+MOUTH = 64
+TOKEN = "test-token-0123456789abcdef"
+TINY = {
+    "name": "tiny-serve",
+    "model": {"width": 0.125},
+    "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
+}
+
+
+def register_version(client, config, seed: int, folder: Path) -> int:
+    """A finished stage run holding a freshly initialised tiny generator, registered."""
+    torch.manual_seed(seed)
+    generator = build_generator(config.model)
+    state = {"generator": generator.state_dict(), "discriminators": None, "optimizers": None,
+             "epoch": 0, "mouth_size": MOUTH, "config": config.model_dump(mode="json"),
+             "metrics": {}}
+    run_id = start_stage_run(client, config, MOUTH)
+    save_checkpoint(folder, state)
+    client.log_artifacts(run_id, str(folder), "checkpoint")
+    client.set_terminated(run_id, "FINISHED")
+    return register_model(config, client, run_id, evaluate=False).version
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, prepared_dir, tmp_path_factory):
+    from ray import serve
+
+    from serve_deployments.lipsync import build_app
+
+    root = tmp_path_factory.mktemp("serve")
+    token_file = root / "token"
+    token_file.write_text(TOKEN + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DINET_HOME", str(root / "home"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.delenv("DINET_API_TOKEN", raising=False)
+        patch.setenv("DINET_API_TOKEN_FILE", str(token_file))
+        config = validate_config({**TINY, "data": {"shards": str(prepared_dir)}})
+        client = client_for(config.tracking)
+        v1 = register_version(client, config, 0, root / "v1")
+        v2 = register_version(client, config, 1, root / "v2")
+        move_alias(client, "dinet", "production", v1)
+        port = free_port()
+        args = {
+            "serving": {"port": port, "max_batch_size": 4, "batch_wait_timeout_s": 0.2,
+                        "max_ongoing_requests": 8, "max_queued_requests": 16,
+                        "cpus_per_replica": 0.5, "max_request_bytes": 1 << 20,
+                        "max_frames_per_request": 16,
+                        "avatar_dir": str(root / "avatars")},
+            "tracking": {"tracking_uri": client.tracking_uri},
+        }
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build_app(args), name="dinet", route_prefix="/", blocking=False)
+            yield {"url": f"http://127.0.0.1:{port}", "client": client, "v1": v1, "v2": v2,
+                   "settings": validate_args(args), "root": root, "config": config}
+        finally:
+            serve.shutdown()
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    with httpx.Client(base_url=served["url"], headers=auth(), timeout=60) as client:
+        yield client
+
+
+def upload(http, video: Path, landmarks: Path | None):
+    files = {"video": (video.name, video.read_bytes(), "video/mp4")}
+    if landmarks is not None:
+        files["landmarks"] = (landmarks.name, landmarks.read_bytes(), "text/csv")
+    return http.post("/v1/avatars", files=files)
+
+
+@pytest.fixture(scope="module")
+def avatar(http, synth_dir):
+    video = sorted(synth_dir.glob("*.mp4"))[0]
+    response = upload(http, video, video.with_suffix(".csv"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["mouth_size"] == MOUTH and body["frames"] == 40
+    return body["avatar_id"]
+
+
+def features(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 29)).astype(np.float32)
+
+
+def frames_npy(http, avatar_id: str, feats: np.ndarray, start: int = 0) -> httpx.Response:
+    return http.post(f"/v1/avatars/{avatar_id}/frames",
+                     json={"features": feats.tolist(), "start": start, "format": "npy"})
+
+
+def test_health_readiness_and_model_info(served, http):
+    assert httpx.get(served["url"] + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(served["url"] + "/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    info = http.get("/v1/model").json()
+    assert info["model"]["version"] == served["v1"]
+    assert info["model"]["alias"] == "production"
+    assert "static_int8" in info["model"]["mode"]
+    assert httpx.get(served["url"] + "/docs").status_code == 200
+
+
+def test_frames_match_the_offline_engine(served, http, avatar):
+    feats = features(6, 0)
+    response = frames_npy(http, avatar, feats, start=2)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Dinet-Model-Version"] == str(served["v1"])
+    served_frames = np.load(io.BytesIO(response.content))
+    assert served_frames.shape == (6, 104, 80, 3)
+
+    # The same inputs through the same loader in-process.
+    model = load_served_model(served["settings"].serving, served["client"], served["v1"])
+    stored = AvatarStore(served["root"] / "avatars").load(avatar)
+    features_ref = model.engine.encode_reference(stored.references())
+    audio = torch.from_numpy(api.audio_windows(feats, 5))
+    offline = model.engine.generate(stored.sources(list(range(2, 8))), audio, features_ref)
+    offline = offline.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(served_frames, offline, atol=2e-2)
+    assert np.abs(served_frames - offline).mean() < 1e-3
+
+    pasted = http.post(f"/v1/avatars/{avatar}/frames", json={
+        "features": feats.tolist(), "start": 2, "format": "npy", "output": "frames"})
+    assert pasted.status_code == 200, pasted.text
+    full = np.load(io.BytesIO(pasted.content))
+    assert full.shape == (6, 160, 160, 3) and full.dtype == np.uint8
+    assert (full[0] != stored.frames[2]).any()
+    assert (full[0][:20] == stored.frames[2][:20]).all()  # far from the mouth: untouched
+
+    png = http.post(f"/v1/avatars/{avatar}/frames", json={"features": feats.tolist(),
+                                                          "start": 2})
+    assert png.status_code == 200
+    body = png.json()
+    assert body["count"] == 6 and len(body["frames"]) == 6
+    assert base64.b64decode(body["frames"][0])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_concurrent_callers_are_batched(served, avatar):
+    async def call(client, i):
+        response = await client.post(f"/v1/avatars/{avatar}/frames",
+                                     json={"features": features(2, i).tolist(),
+                                           "format": "npy"})
+        assert response.status_code == 200, response.text
+        return int(response.headers["X-Dinet-Batch-Size"])
+
+    async def main():
+        async with httpx.AsyncClient(base_url=served["url"], headers=auth(),
+                                     timeout=120) as client:
+            return await asyncio.gather(*(call(client, i) for i in range(12)))
+
+    sizes = asyncio.run(main())
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 4
+    stats = httpx.get(served["url"] + "/v1/model", headers=auth()).json()
+    assert any(int(size) > 1 for size in stats["batch_sizes"]), stats["batch_sizes"]
+
+
+def test_auth_is_required_on_every_v1_route(served, avatar):
+    routes = [("GET", "/v1/model"), ("POST", "/v1/admin/reload"), ("POST", "/v1/avatars"),
+              ("GET", f"/v1/avatars/{avatar}"), ("DELETE", f"/v1/avatars/{avatar}"),
+              ("POST", f"/v1/avatars/{avatar}/frames")]
+    for method, path in routes:
+        for headers in ({}, {"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            response = httpx.request(method, served["url"] + path, headers=headers, json={})
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert TOKEN not in response.text
+            assert response.json()["error"]["field"] == "Authorization"
+    assert httpx.get(served["url"] + "/healthz").status_code == 200
+
+
+def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, tmp_path):
+    def check(response, status, field, words=""):
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["field"] == field, error
+        assert words in error["message"], error
+
+    url = f"/v1/avatars/{avatar}/frames"
+    check(http.post("/v1/avatars/" + "0" * 32 + "/frames", json={"features": [[0] * 29]}),
+          404, "avatar_id")
+    for bad in ("..%2F..%2Fetc", "..", "%2E%2E", "a" * 31, "A" * 32):
+        response = http.post(f"/v1/avatars/{bad}/frames", json={"features": [[0] * 29]})
+        assert response.status_code == 404, (bad, response.text)
+    check(http.post(url, json={"features": [[0] * 28]}), 422, "features", "(frames, 29)")
+    check(http.post(url, json={"features": [[0] * 29] * 3, "count": 4}), 422, "features",
+          "count is 4")
+    check(http.post(url, json={"features": [[0] * 29], "start": -1}), 422, "start")
+    check(http.post(url, json={"features": [[0] * 29], "format": "gif"}), 422, "format")
+    check(http.post(url, json={"features": [[0] * 29], "output": "gif"}), 422, "output")
+    check(http.post(url, json={}), 422, "features")
+    check(http.post(url, json={"features": [[0] * 29] * 17}), 413, "features", "limit is 16")
+    check(http.post(url, content=b"{nope", headers={"Content-Type": "application/json"}),
+          422, "body")
+    wav8k = api.pcm_wav(np.zeros(8000), 8000)
+    check(http.post(url, content=wav8k, headers={"Content-Type": "audio/wav"}), 422,
+          "audio_wav", "sample rate 8000 Hz")
+    check(http.post(url, content=b"RIFFjunk", headers={"Content-Type": "audio/wav"}), 422,
+          "audio_wav", "not a PCM WAV")
+    wav = api.pcm_wav(np.zeros(640 * 3), 16000)
+    check(http.post(url + "?count=5", content=wav, headers={"Content-Type": "audio/wav"}), 422,
+          "audio_wav", "count is 5")
+    ok = http.post(url + "?format=npy", content=wav, headers={"Content-Type": "audio/wav"})
+    assert ok.status_code == 200 and ok.headers["X-Dinet-Count"] == "3", ok.text
+    with LipSyncClient(served["url"], TOKEN) as client:
+        assert client.frames(avatar, wav, start=1).shape == (3, 104, 80, 3)
+        with pytest.raises(LipSyncError, match="sample rate 8000 Hz") as caught:
+            client.frames(avatar, wav8k)
+        assert (caught.value.status, caught.value.field) == (422, "audio_wav")
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all")
+    check(upload(http, junk, None), 422, "video")
+    video = sorted(synth_dir.glob("*.mp4"))[0]
+    short_csv = tmp_path / "short.csv"
+    short_csv.write_text("\n".join(video.with_suffix(".csv").read_text().splitlines()[:10]))
+    check(upload(http, video, short_csv), 422, "landmarks", "frames")
+    check(http.post("/v1/avatars", files={"landmarks": ("a.csv", b"x", "text/csv")}), 422,
+          "video", "required")
+    check(http.post("/v1/avatars", json={}), 415, "Content-Type")
+    check(http.post(url, content=b"x" * ((1 << 20) + 1),
+                    headers={"Content-Type": "application/json"}), 413, "body")
+
+
+def test_avatar_ids_cannot_escape_the_store(tmp_path):
+    store = AvatarStore(tmp_path / "avatars")
+    (tmp_path / "secret").mkdir()
+    for bad in ("../secret", "..", "/etc/passwd", "a" * 32 + "/..", "", "A" * 32):
+        with pytest.raises(AvatarNotFound):
+            store.path(bad)
+        assert not store.exists(bad)
+
+
+def test_bad_settings_are_refused_naming_the_field(monkeypatch):
+    with pytest.raises(ConfigError, match=r"serving: max_ongoing_requests \(4\)"):
+        validate_args({"serving": {"max_batch_size": 16, "max_ongoing_requests": 4}})
+    with pytest.raises(ConfigError, match=r"serving\.precision"):
+        validate_args({"serving": {"precision": "int4"}})
+    with pytest.raises(ConfigError, match="needs device 'cuda'"):
+        validate_args({"serving": {"precision": "bf16"}})
+    assert isinstance(validate_args({}), ServeAppConfig)
+    from dinet_platform.serving.auth import AuthConfigError, load_token
+
+    with pytest.raises(AuthConfigError, match="no API token"):
+        load_token({})
+    with pytest.raises(AuthConfigError, match="too short"):
+        load_token({"DINET_API_TOKEN": "short"})
+
+
+def test_hot_swap_under_load_fails_no_request(served, http, avatar):
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def loop():
+        with httpx.Client(base_url=served["url"], headers=auth(), timeout=120) as client:
+            while not stop.is_set():
+                response = frames_npy(client, avatar, features(2, 7))
+                results.append((response.status_code,
+                                response.headers.get("X-Dinet-Model-Version", "")))
+
+    workers = [threading.Thread(target=loop) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        time.sleep(1.0)
+        move_alias(served["client"], "dinet", "production", served["v2"])
+        reload = http.post("/v1/admin/reload")
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["changed"] is True
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                v == str(served["v2"]) for _, v in results[-3:]):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert results and all(status == 200 for status, _ in results), \
+        [r for r in results if r[0] != 200][:5]
+    versions = [v for _, v in results]
+    assert str(served["v1"]) in versions and versions[-1] == str(served["v2"])
+    info = http.get("/v1/model").json()
+    assert info["model"]["version"] == served["v2"]
+    crop = crop_geometry(MOUTH)
+    assert info["model"]["mouth_size"] == crop.mouth_size
+
+
+def test_dinet_serve_refuses_bad_settings_and_a_missing_token(tmp_path, monkeypatch):
+    from dinet_platform.cli import app
+    from typer.testing import CliRunner
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(Path("configs/serve.yaml").read_text().replace(
+        "max_queued_requests: 64", "max_queued_requests: -1"))
+    monkeypatch.setenv("DINET_API_TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["serve", "--config", str(config)])
+    assert result.exit_code == 2 and "serving.max_queued_requests" in result.output
+    monkeypatch.delenv("DINET_API_TOKEN")
+    monkeypatch.delenv("DINET_API_TOKEN_FILE", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--config", "configs/serve.yaml"])
+    assert result.exit_code == 2 and "no API token" in result.output
