@@ -164,6 +164,8 @@ def dub(
     data: DataOption = None,
     compile: CompileOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    device: Annotated[str, typer.Option(help="cpu, or cuda (int8 modes run in bf16 there).")
+                      ] = "cpu",
     config: ConfigOption = Path("configs/demo.yaml"),
     overrides: SetOption = None,
 ) -> None:
@@ -178,14 +180,20 @@ def dub(
             raise _fail(FileNotFoundError(f"--{role} {path}: file not found"))
     if out.suffix.lower() != ".mp4":
         raise _fail(ValueError(f"--out {out}: the output is an H.264 mp4, name it *.mp4"))
+    import torch
+
+    if device.split(":")[0] not in ("cpu", "cuda") or (
+            device.startswith("cuda") and not torch.cuda.is_available()):
+        raise _fail(ValueError(f"--device {device}: use cpu, or cuda on a machine with a GPU "
+                               f"(CUDA available here: {torch.cuda.is_available()})"))
     cfg = load_or_exit(config, overrides)
     try:
         engine, info = load_engine(model, mode=mode, client=_client(model, cfg),  # type: ignore[arg-type]
-                                   calibration_shards=data, compile=compile)
+                                   calibration_shards=data, compile=compile, device=device)
         console.print(f"model {info.source} ({info.description}, mouth {info.mouth_size})",
                       highlight=False)
         result = dub_video(engine, video, audio, out, model=info, batch_size=batch_size,
                            progress=progress, landmarks=landmarks, console=console)
-    except (ValueError, MediaError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError, MediaError, FileNotFoundError) as exc:
         raise _fail(exc) from None
     console.print(result.summary(), highlight=False)
