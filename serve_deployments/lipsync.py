@@ -18,8 +18,14 @@ from dinet_platform.config.schema import ServingConfig
 from dinet_platform.serving.app import AppState, create_app
 from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
+from dinet_platform.serving.jobs import JobStore
 from dinet_platform.serving.model import FrameJob, ModelServer
-from dinet_platform.serving.settings import ServeAppConfig, avatar_dir, validate_args
+from dinet_platform.serving.settings import (
+    ServeAppConfig,
+    avatar_dir,
+    jobs_dir,
+    validate_args,
+)
 from dinet_platform.tracking import client_for
 from fastapi import FastAPI
 from ray import serve
@@ -38,6 +44,7 @@ class LipSyncModel:
         config = ServeAppConfig.model_validate(settings)
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
+        self.jobs = JobStore(jobs_dir(config.serving))
         self.error: str | None = None
         self._watch: asyncio.Task | None = None
 
@@ -73,6 +80,9 @@ class LipSyncModel:
     async def reload(self) -> dict[str, Any]:
         changed = await self._load()
         return {**self.server.info(), "error": self.error, "changed": changed}
+
+    async def dub(self, job_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.server.dub, self.jobs, job_id)
 
     def check_health(self) -> None:
         pass  # an unloaded model is reported by readiness (/readyz), not fatal to the replica
@@ -114,7 +124,8 @@ class LipSyncIngress:
     def __init__(self, model: DeploymentHandle, settings: dict[str, Any]):
         config = ServeAppConfig.model_validate(settings)
         self.state = AppState(settings=config, token=load_token(),
-                              store=AvatarStore(avatar_dir(config.serving)), model=model)
+                              store=AvatarStore(avatar_dir(config.serving)), model=model,
+                              jobs=JobStore(jobs_dir(config.serving)))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_app()

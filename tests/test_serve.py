@@ -194,7 +194,8 @@ def test_concurrent_callers_are_batched(served, avatar):
 def test_auth_is_required_on_every_v1_route(served, avatar):
     routes = [("GET", "/v1/model"), ("POST", "/v1/admin/reload"), ("POST", "/v1/avatars"),
               ("GET", f"/v1/avatars/{avatar}"), ("DELETE", f"/v1/avatars/{avatar}"),
-              ("POST", f"/v1/avatars/{avatar}/frames")]
+              ("POST", f"/v1/avatars/{avatar}/frames"), ("POST", "/v1/dub"),
+              ("GET", "/v1/dub/" + "a" * 32), ("GET", "/v1/dub/" + "a" * 32 + "/video")]
     for method, path in routes:
         for headers in ({}, {"Authorization": "Bearer wrong-token-xxxxxxxxxxxx"},
                         {"Authorization": f"Basic {TOKEN}"}):
@@ -335,3 +336,36 @@ def test_dinet_serve_refuses_bad_settings_and_a_missing_token(tmp_path, monkeypa
     monkeypatch.delenv("DINET_API_TOKEN_FILE", raising=False)
     result = CliRunner().invoke(app, ["serve", "--config", "configs/serve.yaml"])
     assert result.exit_code == 2 and "no API token" in result.output
+
+
+def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
+    import av
+
+    speech = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)
+    files = {"audio": ("speech.wav", api.pcm_wav(speech, 16000), "audio/wav")}
+    response = http.post("/v1/dub", data={"avatar_id": avatar}, files=files)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = http.get(job["status_url"]).json()
+        if status["state"] in ("done", "failed"):
+            break
+        time.sleep(0.5)
+    assert status["state"] == "done", status
+    video = http.get(job["video_url"])
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    out = tmp_path / "dub.mp4"
+    out.write_bytes(video.content)
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        assert container.streams.audio, "speech is muxed in"
+    assert frames == 25 == status["frames"]
+
+    check = {"avatar_id": "0" * 32}
+    assert http.post("/v1/dub", data=check, files=files).status_code == 404
+    missing = http.post("/v1/dub", data={"avatar_id": avatar},
+                        files={"other": ("x", b"x", "text/plain")})
+    assert missing.status_code == 422 and missing.json()["error"]["field"] == "audio"
+    assert http.get("/v1/dub/" + "f" * 32).status_code == 404
+    assert http.get("/v1/dub/../../etc/passwd").status_code == 404

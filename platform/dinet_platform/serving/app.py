@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from ray.serve.exceptions import BackPressureError
 
 from dinet_platform.config.schema import DataConfig
@@ -29,11 +29,15 @@ from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid
 from dinet_platform.serving.auth import check_bearer
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
+from dinet_platform.serving.jobs import JobNotFound, JobStore
 from dinet_platform.serving.settings import ServeAppConfig
+from dinet_platform.serving.uploads import (
+    frames_request,
+    receive_dub,
+    receive_video,
+)
 
 INFO_TTL_S = 2.0
-JSON_TYPES = ("application/json", "")
-WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 
 
 @dataclass
@@ -42,8 +46,11 @@ class AppState:
     token: str
     store: AvatarStore
     model: Any  # the model deployment's handle
+    jobs: JobStore
     _info: dict[str, Any] | None = None
     _info_at: float = 0.0
+
+    tasks: set[asyncio.Task] = field(default_factory=set)
 
     async def call(self, method: str, *args: Any) -> Any:
         """A model deployment method; a full model queue becomes 503 + Retry-After."""
@@ -141,7 +148,7 @@ def create_app() -> FastAPI:
         st = state(request)
         model = await st.served()
         with tempfile.TemporaryDirectory(prefix="dinet-avatar-") as tmp:
-            video, landmarks = await receive_video(request, st, Path(tmp))
+            video, landmarks = await receive_video(request, body_limit(st), Path(tmp))
             data = DataConfig.model_validate(model["data"])
             serving = st.settings.serving
 
@@ -196,7 +203,7 @@ def create_app() -> FastAPI:
         if not st.store.exists(avatar_id):
             raise ApiError(404, "avatar_id", f"unknown avatar id {avatar_id!r:.80}")
         model = await st.served()
-        doc = await frames_request(request, st)
+        doc = await frames_request(request, body_limit(st))
         count = doc.get("count")
         if count is not None:
             count = api.optional_int(doc, "count", 1, minimum=1)
@@ -240,82 +247,58 @@ def create_app() -> FastAPI:
         pngs = await asyncio.to_thread(lambda: [api.encode_png(f) for f in faces])
         return JSONResponse({**meta, "frames": pngs})
 
+    @app.post("/v1/dub", status_code=202)
+    async def dub(request: Request) -> dict[str, Any]:
+        """Dub a video: ``multipart/form-data`` with ``audio`` (speech, any audio file) and
+        either ``avatar_id`` or a ``video`` file (+ optional ``landmarks`` CSV). Rendered in
+        batches on a model replica; poll ``status_url``, then fetch ``video_url`` (an H.264
+        mp4 with the speech muxed in)."""
+        st = state(request)
+        await st.served()
+        job_id, folder = st.jobs.create()
+        try:
+            spec = await receive_dub(request, body_limit(st), st.store, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        st.jobs.submit(job_id, spec)
+        task = asyncio.get_running_loop().create_task(run_dub(st, job_id))
+        st.tasks.add(task)
+        task.add_done_callback(st.tasks.discard)
+        return {"job_id": job_id, "state": "queued", "status_url": f"/v1/dub/{job_id}",
+                "video_url": f"/v1/dub/{job_id}/video"}
+
+    @app.get("/v1/dub/{job_id}")
+    async def dub_status(job_id: str, request: Request) -> dict[str, Any]:
+        try:
+            return {"job_id": job_id, **state(request).jobs.status(job_id)}
+        except JobNotFound as exc:
+            raise ApiError(404, "job_id", str(exc)) from None
+
+    @app.get("/v1/dub/{job_id}/video")
+    async def dub_video_file(job_id: str, request: Request) -> Response:
+        st = state(request)
+        try:
+            status = st.jobs.status(job_id)
+        except JobNotFound as exc:
+            raise ApiError(404, "job_id", str(exc)) from None
+        if status["state"] != "done":
+            raise ApiError(409, "job_id", f"job is {status['state']}"
+                           + (f": {status['error']}" if status.get("error") else ""))
+        return FileResponse(st.jobs.output(job_id), media_type="video/mp4",
+                            filename=f"dub-{job_id}.mp4")
+
     return app
 
 
-async def read_body(request: Request, st: AppState) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (also without a
-    Content-Length header)."""
-    limit = st.settings.serving.max_request_bytes
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body", f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: Request, st: AppState) -> dict[str, Any]:
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind not in JSON_TYPES:
-        raise ApiError(415, "Content-Type", f"expected application/json, got {kind!r}")
-    body = await read_body(request, st)
+async def run_dub(st: AppState, job_id: str) -> None:
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid("body", f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-                      ) from None
-    if not isinstance(doc, dict):
-        raise invalid("body", "must be a JSON object")
-    return doc
+        await st.call("dub", job_id)
+    except ApiError as exc:  # the model queue was full
+        st.jobs.set_status(job_id, "failed", error=exc.message)
+    except Exception as exc:  # the replica died: say so instead of "queued" forever
+        st.jobs.set_status(job_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
-async def frames_request(request: Request, st: AppState) -> dict[str, Any]:
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind in WAV_TYPES:
-        doc: dict[str, Any] = {"audio_wav": await read_body(request, st)}
-        for key in ("start", "count"):
-            if key in request.query_params:
-                text = request.query_params[key]
-                if not text.isdigit():
-                    raise invalid(key, f"must be a non-negative integer, got {text!r:.40}")
-                doc[key] = int(text)
-        for key in ("format", "output"):
-            if key in request.query_params:
-                doc[key] = request.query_params[key]
-        return doc
-    return await read_json(request, st)
-
-
-VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm",
-                  "video/x-matroska": ".mkv", "video/avi": ".avi", "video/x-msvideo": ".avi"}
-
-
-async def receive_video(request: Request, st: AppState, folder: Path
-                        ) -> tuple[Path, Path | None]:
-    """The uploaded video (and landmarks CSV) written to ``folder``."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind.startswith("video/"):
-        video = folder / ("upload" + VIDEO_SUFFIXES.get(kind, ".mp4"))
-        video.write_bytes(await read_body(request, st))
-        return video, None
-    if kind != "multipart/form-data":
-        raise ApiError(415, "Content-Type", "send multipart/form-data (video, landmarks) or a "
-                                            f"raw video/* body, got {kind!r}")
-    limit = st.settings.serving.max_request_bytes
-    async with request.form(max_files=2, max_fields=4, max_part_size=limit) as form:
-        upload = form.get("video")
-        if upload is None or isinstance(upload, str):
-            raise invalid("video", "required: the reference video as a file part")
-        suffix = Path(upload.filename or "video.mp4").suffix.lower() or ".mp4"
-        video = folder / ("upload" + suffix)
-        video.write_bytes(await upload.read())
-        landmarks = None
-        part = form.get("landmarks")
-        if part is not None:
-            if isinstance(part, str):
-                raise invalid("landmarks", "must be a file part (OpenFace CSV)")
-            landmarks = folder / "landmarks.csv"
-            landmarks.write_bytes(await part.read())
-    return video, landmarks
+def body_limit(st: AppState) -> int:
+    return st.settings.serving.max_request_bytes

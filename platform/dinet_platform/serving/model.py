@@ -14,6 +14,9 @@ half precision.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +30,7 @@ from dinet_platform.inference.loading import ModelInfo, load_engine
 from dinet_platform.inference.modes import OptimizeOptions
 from dinet_platform.registry.store import alias_holder
 from dinet_platform.serving.avatars import AvatarCache, AvatarStore, CachedAvatar
+from dinet_platform.serving.jobs import JobStore
 
 
 def serving_options(serving: ServingConfig) -> OptimizeOptions:
@@ -68,6 +72,41 @@ def load_served_model(serving: ServingConfig, client: MlflowClient, version: int
     return ServedModel(engine, info, serving.alias)
 
 
+class ForwardGate:
+    """Many forwards at once, or one exclusive section (a pending one holds new forwards
+    back, so it cannot starve)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._forwards = 0
+        self._exclusive = False
+
+    @contextmanager
+    def forward(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._forwards += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._forwards -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._cond.wait_for(lambda: self._forwards == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 @dataclass
 class FrameJob:
     """One caller's window: output frames ``start ..`` of the avatar with ``audio`` windows
@@ -94,8 +133,8 @@ class ModelServer:
         self._cache_lock = threading.Lock()
         # torch.fx tracing (static int8 calibration) patches nn.Module.__call__ process-wide:
         # a forward running in another thread meanwhile fails. Loading such a model therefore
-        # holds this lock, and so does every forward: requests wait, none fail.
-        self._compute_lock = threading.RLock()
+        # excludes forwards (they wait, none fail); forwards run concurrently with each other.
+        self._gate = ForwardGate()
         self.batches = 0
         self.batch_sizes: dict[int, int] = {}
 
@@ -117,7 +156,7 @@ class ModelServer:
                 return False
             traces = serving_options(self.serving).static_int8 and self.serving.device == "cpu"
             if traces:
-                with self._compute_lock:
+                with self._gate.exclusive():
                     loaded = load_served_model(self.serving, self.client, version)
             else:
                 loaded = load_served_model(self.serving, self.client, version)
@@ -154,7 +193,7 @@ class ModelServer:
                                  f"{avatar.mouth_size}, the served model (version "
                                  f"{model.version}) uses {model.info.mouth_size}: upload its "
                                  "video again")
-            with self._compute_lock:
+            with self._gate.forward():
                 features = model.engine.encode_reference(avatar.references())
             entry = CachedAvatar(avatar, features)
             with self._cache_lock:
@@ -178,7 +217,7 @@ class ModelServer:
             indices.append(index)
         tensors = tuple(torch.cat(parts) for parts in zip(*features, strict=True))
         merged = AvatarFeatures(tensors, encoded=model.engine.cache_reference)
-        with self._compute_lock:
+        with self._gate.forward():
             faces = model.engine.generate(torch.cat(sources), torch.cat(audios), merged)
         faces = faces.clamp(0.0, 1.0).cpu()
         self.batches += 1
@@ -193,3 +232,35 @@ class ModelServer:
             else:
                 outputs.append(part.permute(0, 2, 3, 1).numpy())
         return outputs, model
+
+    def dub(self, jobs: JobStore, job_id: str) -> dict[str, Any]:
+        """Render dub job ``job_id`` (see :mod:`.jobs`) with the served model; the outcome is
+        written to the job's status (and returned)."""
+        from dinet_platform.inference.dub import dub_video
+
+        model = self.model
+        if model is None:
+            jobs.set_status(job_id, "failed", error="no model loaded")
+            return jobs.status(job_id)
+        spec, folder = jobs.spec(job_id), jobs.path(job_id)
+        jobs.set_status(job_id, "running", model_version=model.version, started=time.time())
+        try:
+            reference = None
+            if spec.get("avatar_id"):
+                entry = self.avatar(model, spec["avatar_id"])
+                video: Any = entry.avatar
+                reference = entry.features
+            else:
+                video = folder / spec["video"]
+            landmarks = folder / spec["landmarks"] if spec.get("landmarks") else None
+            with self._gate.forward():
+                result = dub_video(model.engine, video, folder / spec["audio"],
+                                   jobs.output(job_id), model=model.info,
+                                   batch_size=self.serving.max_batch_size, progress=False,
+                                   landmarks=landmarks, reference=reference)
+        except (ValueError, KeyError, OSError) as exc:  # DubError, AvatarError, missing avatar
+            jobs.set_status(job_id, "failed", error=str(exc))
+        else:
+            jobs.set_status(job_id, "done", frames=result.frames, fps=result.fps,
+                            seconds=round(result.seconds, 3), audio_seconds=result.audio_seconds)
+        return jobs.status(job_id)

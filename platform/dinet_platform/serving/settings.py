@@ -58,3 +58,8 @@ def avatar_dir(serving: ServingConfig) -> Path:
     if serving.avatar_dir:
         return Path(serving.avatar_dir).expanduser().resolve()
     return dinet_home() / "serve" / "avatars"
+
+
+def jobs_dir(serving: ServingConfig) -> Path:
+    """Dub jobs live next to the avatars (the same shared storage on a cluster)."""
+    return avatar_dir(serving).parent / "dub-jobs"

@@ -1,0 +1,123 @@
+"""Reading request bodies for the HTTP API: size-limited, every refusal an
+:class:`~dinet_platform.serving.api.ApiError` naming its field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from dinet_platform.serving.api import ApiError, invalid
+from dinet_platform.serving.avatars import AvatarStore
+
+JSON_TYPES = ("application/json", "")
+WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
+
+
+async def receive_dub(request: Request, limit: int, store: AvatarStore, folder: Path
+                      ) -> dict[str, Any]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise ApiError(415, "Content-Type", f"send multipart/form-data, got {kind!r}")
+    spec: dict[str, Any] = {}
+    async with request.form(max_files=3, max_fields=4, max_part_size=limit) as form:
+        audio = form.get("audio")
+        if audio is None or isinstance(audio, str):
+            raise invalid("audio", "required: the speech as a file part")
+        avatar_id, video = form.get("avatar_id"), form.get("video")
+        if (avatar_id is None) == (video is None):
+            raise invalid("avatar_id", "send exactly one of 'avatar_id' or a 'video' file")
+        if avatar_id is not None:
+            if not isinstance(avatar_id, str) or not store.exists(avatar_id):
+                raise ApiError(404, "avatar_id", f"unknown avatar id {str(avatar_id)!r:.80}")
+            spec["avatar_id"] = avatar_id
+        else:
+            if isinstance(video, str):
+                raise invalid("video", "must be a file part")
+            spec["video"] = "video" + (Path(video.filename or "v.mp4").suffix.lower() or ".mp4")
+            (folder / spec["video"]).write_bytes(await video.read())
+            landmarks = form.get("landmarks")
+            if landmarks is not None and not isinstance(landmarks, str):
+                spec["landmarks"] = "landmarks.csv"
+                (folder / spec["landmarks"]).write_bytes(await landmarks.read())
+        spec["audio"] = "audio" + (Path(audio.filename or "a.wav").suffix.lower() or ".wav")
+        (folder / spec["audio"]).write_bytes(await audio.read())
+    return spec
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (also without a
+    Content-Length header)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body", f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in JSON_TYPES:
+        raise ApiError(415, "Content-Type", f"expected application/json, got {kind!r}")
+    body = await read_body(request, limit)
+    try:
+        doc = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid("body", f"not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+                      ) from None
+    if not isinstance(doc, dict):
+        raise invalid("body", "must be a JSON object")
+    return doc
+
+
+async def frames_request(request: Request, limit: int) -> dict[str, Any]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in WAV_TYPES:
+        doc: dict[str, Any] = {"audio_wav": await read_body(request, limit)}
+        for key in ("start", "count"):
+            if key in request.query_params:
+                text = request.query_params[key]
+                if not text.isdigit():
+                    raise invalid(key, f"must be a non-negative integer, got {text!r:.40}")
+                doc[key] = int(text)
+        for key in ("format", "output"):
+            if key in request.query_params:
+                doc[key] = request.query_params[key]
+        return doc
+    return await read_json(request, limit)
+
+
+VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm",
+                  "video/x-matroska": ".mkv", "video/avi": ".avi", "video/x-msvideo": ".avi"}
+
+
+async def receive_video(request: Request, limit: int, folder: Path
+                        ) -> tuple[Path, Path | None]:
+    """The uploaded video (and landmarks CSV) written to ``folder``."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind.startswith("video/"):
+        video = folder / ("upload" + VIDEO_SUFFIXES.get(kind, ".mp4"))
+        video.write_bytes(await read_body(request, limit))
+        return video, None
+    if kind != "multipart/form-data":
+        raise ApiError(415, "Content-Type", "send multipart/form-data (video, landmarks) or a "
+                                            f"raw video/* body, got {kind!r}")
+    async with request.form(max_files=2, max_fields=4, max_part_size=limit) as form:
+        upload = form.get("video")
+        if upload is None or isinstance(upload, str):
+            raise invalid("video", "required: the reference video as a file part")
+        suffix = Path(upload.filename or "video.mp4").suffix.lower() or ".mp4"
+        video = folder / ("upload" + suffix)
+        video.write_bytes(await upload.read())
+        landmarks = None
+        part = form.get("landmarks")
+        if part is not None:
+            if isinstance(part, str):
+                raise invalid("landmarks", "must be a file part (OpenFace CSV)")
+            landmarks = folder / "landmarks.csv"
+            landmarks.write_bytes(await part.read())
+    return video, landmarks
