@@ -104,11 +104,12 @@ def test_real_batches_are_training_samples(store):
     assert float(batch.references.std()) > 0.05  # real faces, not blank
 
 
-@pytest.mark.parametrize("mode", ["structure", "cache", "dynamic_int8", "static_int8", "all"])
+@pytest.mark.parametrize("mode", ["structure", "cache", "dynamic_int8", "static_int8", "compile",
+                                  "all"])
 def test_every_mode_within_tolerance_on_real_frames(store, mode):
     options = mode
-    if mode == "all":  # Inductor takes minutes on 2 cores; eager checks the same graph capture
-        options = replace(OptimizeOptions.for_mode("all"), compile_backend="eager")
+    if mode in ("compile", "all"):  # Inductor takes minutes on 2 cores; eager: same capture
+        options = replace(OptimizeOptions.for_mode(mode), compile_backend="eager")
     engine, info = load_engine("models:/dinet@candidate", mode=options, client=store["client"])
     assert (info.name, info.version, info.alias, info.mouth_size) == ("dinet", 1, "candidate",
                                                                      MOUTH)

@@ -93,7 +93,7 @@ def optimize_model(
     from dinet_platform.tracking import client_for
 
     cfg = load_or_exit(config, overrides)
-    client = client_for(cfg.tracking)
+    client = client_for(cfg.tracking) if register else _client(model, cfg)
     try:
         engine, info = load_engine(model, mode=mode, client=client,  # type: ignore[arg-type]
                                    calibration_shards=data, compile=compile)
