@@ -178,3 +178,20 @@ def test_windows_cover_every_valid_start_once(prepared_dir: Path) -> None:
     assert len(set(windows)) == len(windows) == sum(frames[i] - CLIP + 1 for i in train)
     assert windows != sample_windows(builder.manifest, "train", CLIP, seed=0, shuffle=False)
     assert windows == sample_windows(builder.manifest, "train", CLIP, seed=0, shuffle=True)
+
+
+def test_validation_cap_spreads_the_clips_over_every_held_out_video(
+    ray_local, prepared_dir: Path
+) -> None:
+    manifest = SampleBuilder(prepared_dir, 64, CLIP, split="val", config=NO_AUG).manifest
+    every = sample_windows(manifest, "val", CLIP, seed=0, shuffle=False)
+    videos = {w.video_index for w in every}
+    capped = NO_AUG.model_copy(update={"val_max_clips": 2 * len(videos)})
+    rows = build_dataset(prepared_dir, 64, CLIP, split="val", config=capped).take_all()
+    starts = [(int(r["video_index"]), int(r["frame_index"])) for r in rows]
+    assert len(starts) == len(set(starts)) == 2 * len(videos)
+    assert {v for v, _ in starts} == videos
+    assert set(starts) <= {(w.video_index, w.t) for w in every}
+    # A cap above the number of clips changes nothing.
+    loose = NO_AUG.model_copy(update={"val_max_clips": len(every) + 1})
+    assert build_dataset(prepared_dir, 64, CLIP, split="val", config=loose).count() == len(every)

@@ -148,6 +148,10 @@ class DataConfig(Strict):
     num_references: Annotated[int, Field(ge=1)] = 5
     clip_len: Annotated[int, Field(ge=2)] = 5
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    val_max_clips: Annotated[int, Field(ge=1)] | None = None
+    """Held-out clips validated per epoch, evenly spaced over all of them (None: every clip).
+    Validation runs every epoch; on a CPU with few steps per epoch it can cost more than the
+    training, so small runs cap it."""
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     crop_margin: Annotated[float, Field(ge=1.0, le=2.0)] = 1.1
     """Crop radius = max(nose-to-chin, mouth width) / 2 * margin (DINet draws 1.05-1.15 at

@@ -87,6 +87,9 @@ def build_dataset(
     windows = sample_windows(
         manifest, split, clip_len, seed=seed, shuffle=shuffle, block_size=block_size
     )
+    if split == "val" and config.val_max_clips and len(windows) > config.val_max_clips:
+        step = len(windows) / config.val_max_clips
+        windows = [windows[int(i * step)] for i in range(config.val_max_clips)]
     if not windows:
         raise ValueError(
             f"no {split!r} samples in {manifest_path(shards).parent}: "
