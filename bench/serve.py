@@ -108,7 +108,11 @@ def in_process(model, entry, windows: np.ndarray, batch: int, seconds: float) ->
 
     per = windows.shape[1]
     latencies, frames = [], 0
-    audio = torch.from_numpy(np.concatenate([windows[i % len(windows)] for i in range(batch)]))
+    from dinet_platform.serving.api import audio_windows
+
+    width = model.info.audio_window  # the windows the ingress builds from these features
+    audio = torch.from_numpy(np.concatenate(
+        [audio_windows(windows[i % len(windows)], width) for i in range(batch)]))
     index = [entry.avatar.loop_index(i) for i in range(len(audio))]
     sources = entry.avatar.sources(index)
     features = AvatarFeatures(entry.features.expand(len(audio)), encoded=True)

@@ -191,6 +191,25 @@ def test_concurrent_callers_are_batched(served, avatar):
     assert any(int(size) > 1 for size in stats["batch_sizes"]), stats["batch_sizes"]
 
 
+def test_overload_is_503_with_retry_after_never_an_unbounded_queue(served, avatar):
+    """16 queued + 8 in flight is all the model deployment accepts; the rest is refused."""
+    payload = {"features": features(16, 1).tolist(), "format": "npy"}
+
+    async def main():
+        async with httpx.AsyncClient(base_url=served["url"], headers=auth(), timeout=300,
+                                     limits=httpx.Limits(max_connections=80)) as client:
+            return await asyncio.gather(*(
+                client.post(f"/v1/avatars/{avatar}/frames", json=payload) for _ in range(48)))
+
+    responses = asyncio.run(main())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and codes.count(200) >= 8, codes
+    assert refused[0].headers["Retry-After"] == "1"
+    assert refused[0].json()["error"]["field"] == "server"
+
+
 def test_auth_is_required_on_every_v1_route(served, avatar):
     routes = [("GET", "/v1/model"), ("POST", "/v1/admin/reload"), ("POST", "/v1/avatars"),
               ("GET", f"/v1/avatars/{avatar}"), ("DELETE", f"/v1/avatars/{avatar}"),
