@@ -1,0 +1,117 @@
+"""The demo report: one self-contained HTML file from a real tiny pipeline run in MLflow."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+import yaml
+from dinet_platform.config import load_config
+from dinet_platform.evaluation.job import run_evaluation
+from dinet_platform.evaluation.report import format_value, read_report
+from dinet_platform.report import write_report
+from dinet_platform.tracking import KIND_TAG, client_for, experiment_id
+from dinet_platform.training.pipeline import run_pipeline
+from dinet_platform.tuning.report import SweepReport, TrialRow
+
+from tests.test_training import TINY
+
+PNG = b"\x89PNG\r\n\x1a\n"
+IMAGE = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+@pytest.fixture(scope="module")
+def recorded(ray_local, prepared_dir, tmp_path_factory):
+    """A one-stage tiny pipeline (2 epochs), its evaluation and a sweep run, in a private
+    SQLite store."""
+    root = tmp_path_factory.mktemp("report")
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data.update(name="report", stages=[TINY["stages"][0]])
+    data["data"]["shards"] = str(prepared_dir)
+    data["evaluation"] = {"max_frames": 16}
+    (root / "report.yaml").write_text(yaml.safe_dump(data))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DINET_HOME", str(root / "home"))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        config = load_config(root / "report.yaml")
+        client = client_for(config.tracking)
+        pipeline = run_pipeline(config, client)
+        stage_run = pipeline.stages[0].run_id
+        evaluation = run_evaluation(
+            config, client,
+            [("candidate", pipeline.run_id), ("production", f"runs:/{stage_run}/best_checkpoint")],
+            shards=prepared_dir, out_dir=root / "evaluation",
+        )
+        # A sweep parent run carrying what a sweep logs, written by the sweep's own writer.
+        sweep = client.create_run(experiment_id(client, config.tracking.experiment),
+                                  run_name="sweep-report", tags={KIND_TAG: "sweep"})
+        report = SweepReport(rows=[
+            TrialRow("t1", "finished", 2, 0.41, {"loss.temporal.frame_diff": 4.0}),
+            TrialRow("t2", "stopped early", 1, 0.37, {"loss.temporal.frame_diff": 9.0}),
+        ], epochs_per_trial=2, best_params={"loss.temporal.frame_diff": 4.0}, best_score=0.41)
+        report.write(root / "sweep", "name: best\n")
+        for path in (root / "sweep").iterdir():
+            client.log_artifact(sweep.info.run_id, str(path))
+        for key, value in report.summary_metrics().items():
+            client.log_metric(sweep.info.run_id, key, value)
+        yield {"client": client, "pipeline": pipeline.run_id, "stage": stage_run,
+               "evaluation": evaluation, "sweep": sweep.info.run_id, "root": root,
+               "home": root / "home"}
+
+
+def test_report_is_one_self_contained_file_with_every_section(recorded, tmp_path):
+    serving = [{"endpoint": "/dub", "requests": 12, "p50_ms": 181.25, "p95_ms": 240.5},
+               {"endpoint": "/frames", "requests": 40, "p50_ms": 9.75, "p95_ms": 14.0}]
+    path = write_report(recorded["client"], recorded["pipeline"], tmp_path / "r" / "report.html",
+                        evaluation_run_id=recorded["evaluation"].run_id,
+                        sweep=recorded["sweep"], serving=serving)
+    text = path.read_text()
+
+    # Self-contained: every image is an embedded PNG, nothing is fetched from elsewhere.
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    images = [base64.b64decode(data) for data in IMAGE.findall(text)]
+    assert all(image.startswith(PNG) for image in images)
+    # comparison, loss curves, stage 64 sample grid and attention maps, sweep scores
+    assert len(images) == 5, len(images)
+    assert "stage 64, sample grid" in text and "(epoch_001)" in text  # the last epoch's
+    assert "stage 64, attention maps" in text
+
+    # Metrics table: the models and the baselines with the numbers of evaluation.json.
+    metrics = read_report(recorded["evaluation"].json_path)["metrics"]
+    assert set(metrics) == {"candidate", "production", "paste_reference", "blurred_source",
+                            "ground_truth"}
+    for entry, values in metrics.items():
+        row = re.search(rf"<tr class=\w+><td>{entry}</td>(.*?)</tr>", text)
+        assert row, entry
+        assert f"<td class=num>{format_value(values['mouth_psnr'])}</td>" in row.group(1)
+        assert f"<td class=num>{format_value(values['warp_error'])}</td>" in row.group(1)
+    order = [text.index(f"<td>{e}</td>") for e in ("candidate", "production",
+                                                    "paste_reference", "ground_truth")]
+    assert order == sorted(order)  # models first, then the baselines, then the real video
+
+    # Stage table from the stage run, sweep's best trial from results.csv, serving rows.
+    run = recorded["client"].get_run(recorded["stage"])
+    assert format_value(run.data.metrics["best_val_mouth_psnr"]) in text
+    best = re.search(r"<h3>Best trial</h3><table>(.*?)</table>", text).group(1)
+    assert "<td>t1</td>" in best and "<td>4.0</td>" in best and "t2" not in best
+    assert "<td>/dub</td><td class=num>12</td><td class=num>181.25</td>" in text
+    assert "<th>p95_ms</th>" in text
+
+
+def test_defaults_and_missing_inputs(recorded, monkeypatch):
+    monkeypatch.setenv("DINET_HOME", str(recorded["home"]))
+    path = write_report(recorded["client"], recorded["pipeline"])
+    assert path == recorded["home"] / "demo" / "report.html"
+    text = path.read_text()
+    for missing in ("no evaluation run given", "no sweep in this run",
+                    "no serving measurements given"):
+        assert missing in text
+    assert len(IMAGE.findall(text)) == 3  # loss curves, sample grid, attention maps
+
+    # A stage run is not a pipeline: refused with the reason, nothing written.
+    with pytest.raises(ValueError, match="not a pipeline run"):
+        write_report(recorded["client"], recorded["stage"], recorded["root"] / "bad.html")
+    assert not (recorded["root"] / "bad.html").exists()
+    with pytest.raises(ValueError, match="does not exist"):
+        write_report(recorded["client"], "0" * 32, recorded["root"] / "bad.html")
