@@ -5,14 +5,16 @@ Ctrl-C or SIGTERM (the CLI turns it into Ctrl-C) shuts Serve down, then the Ray 
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dinet_platform.cli import console
+from dinet_platform.cli import _interrupt_on_sigterm, console
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -48,6 +50,9 @@ def serve_command(
     serving = settings.serving
     args = settings.model_dump(mode="json")
     with ray_session(address):
+        if threading.current_thread() is threading.main_thread():
+            # ray.init replaced the CLI's handler with sys.exit: SIGTERM unwinds like Ctrl-C.
+            signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         serve.start(http_options={"host": serving.host, "port": serving.port})
         try:
             console.print(f"deploying models:/{serving.model_name}@{serving.alias} "
@@ -62,3 +67,4 @@ def serve_command(
             console.print("stopping Serve ...")
         finally:
             serve.shutdown()
+    console.print("Serve and Ray stopped")
