@@ -58,3 +58,13 @@ def prepared_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     report = prepare_dataset(synth_dir, out, mouth_size=160, use_ray=False)
     assert report.manifest["counts"]["videos_ok"] == SYNTH_VIDEOS, report.manifest["skipped"]
     return out
+
+
+@pytest.fixture
+def ray_head() -> Iterator[object]:
+    """A one-node token-auth Ray cluster (``ray start --head``, 2 CPUs) on loopback, every
+    port explicit (see tests/cluster.py); stopped by its own process at the end."""
+    from tests.cluster import ray_cluster
+
+    with ray_cluster([2]) as cluster:
+        yield cluster
