@@ -85,6 +85,7 @@ def served(ray_local, prepared_dir, tmp_path_factory):
         try:
             serve.run(build_app(args), name="dinet", route_prefix="/", blocking=False)
             yield {"url": f"http://127.0.0.1:{port}", "client": client, "v1": v1, "v2": v2,
+                   "args": args,
                    "settings": validate_args(args), "root": root, "config": config}
         finally:
             serve.shutdown()
@@ -340,6 +341,24 @@ def test_hot_swap_under_load_fails_no_request(served, http, avatar):
     crop = crop_geometry(MOUTH)
     assert info["model"]["mouth_size"] == crop.mouth_size
 
+
+def test_reapplying_the_config_serves_the_moved_alias(served, http):
+    """The other swap path: move the alias, deploy the same config again (a fresh
+    user_config stamp makes Serve call reconfigure, which re-resolves the alias)."""
+    from ray import serve
+
+    from serve_deployments.lipsync import build_app
+
+    current = http.get("/v1/model").json()["model"]["version"]
+    target = served["v1"] if current == served["v2"] else served["v2"]
+    move_alias(served["client"], "dinet", "production", target)
+    serve.run(build_app(served["args"]), name="dinet", route_prefix="/", blocking=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if http.get("/v1/model").json()["model"]["version"] == target:
+            break
+        time.sleep(0.5)
+    assert http.get("/v1/model").json()["model"]["version"] == target
 
 def test_dinet_serve_refuses_bad_settings_and_a_missing_token(tmp_path, monkeypatch):
     from dinet_platform.cli import app
