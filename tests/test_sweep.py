@@ -125,8 +125,10 @@ def test_interrupted_sweep_resumes_then_stops_weak_trials_and_writes_best_config
         log.close()
     assert "run the same command again to resume" in (tmp_path / "sweep.log").read_text()
 
-    # The same sweep again: restored, not restarted.
+    # The same sweep again: restored, not restarted; Ctrl-C reaches the caller afterwards.
+    handler = signal.getsignal(signal.SIGINT)
     result = run_sweep(sweep, base, client)
+    assert signal.getsignal(signal.SIGINT) is handler
     report = result.report
     assert len(report.rows) == 4
     assert all(row.status != "failed" for row in report.rows)

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +133,8 @@ def run_sweep(
                 tuner = _new_tuner(sweep, base, client, trainable, storage, name, parent_id,
                                    key)
             started = time.monotonic()
-            results = tuner.fit()
+            with _own_interrupt_handlers():
+                results = tuner.fit()
             _raise_if_interrupted(experiment_path, sweep, time.monotonic() - started)
         report = summarize(results, sweep, sweep.epochs or base.stage(sweep.stage).epochs)
         best_config = trial_config(base.model_dump(mode="json"), report.best_params,
@@ -147,6 +152,22 @@ def run_sweep(
     console.print(report.table())
     console.print(f"best config (ready to train): {best_path}")
     return SweepResult(run_id=parent_id, key=key, report=report, best_config_path=best_path)
+
+
+@contextmanager
+def _own_interrupt_handlers() -> Iterator[None]:
+    """Tune installs its own SIGINT/SIGUSR1 handlers and leaves them behind when the run ends
+    without a signal; put the caller's back, so Ctrl-C still interrupts whatever comes next
+    (the demo goes on to evaluation and serving)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 class SweepInterrupted(KeyboardInterrupt):
