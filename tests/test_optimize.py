@@ -161,6 +161,14 @@ def test_optimize_register_and_load_back(store, tmp_path):
     meta = json.loads((out / "optimization.json").read_text())
     assert meta["mode"] == "static_int8" and meta["source_version"] == 1
 
+    # the same optimization again (deterministic programs) is the same version
+    again = CliRunner().invoke(app, [
+        "optimize", "--model", "models:/dinet/1", "--mode", "static_int8", "--out",
+        str(tmp_path / "opt-again"), "--register", "--config", str(store["config_path"])])
+    assert again.exit_code == 0, again.output
+    assert len(client.search_model_versions("name='dinet'")) == 2, again.output
+    assert "already registered as" in again.output, again.output
+
     engine, info = load_engine("models:/dinet/2", client=client)
     assert info.optimized_artifact and info.mode == "static_int8" and info.version == 2
     assert info.details["source_version"] == 1

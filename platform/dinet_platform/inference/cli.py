@@ -43,6 +43,12 @@ def _client(reference: str, cfg):
     return client_for(cfg.tracking)
 
 
+def _content_hash(shards: Path) -> str:
+    from dinet_platform.data.shards import load_manifest
+
+    return str(load_manifest(shards, check_files=False).get("content_hash", ""))
+
+
 def _psnr(output, reference) -> float:
     import torch
 
@@ -138,10 +144,12 @@ def optimize_model(
             registered = register_optimized(
                 cfg, client, target, mode=mode, psnr_vs_fp32=psnr, mouth_size=info.mouth_size,
                 source=info.source, source_version=info.version,
-                details={"psnr_frames": frames, "engine": engine.description})
+                details={"psnr_frames": frames, "engine": engine.description,
+                         "calibration_data": _content_hash(shards)})
         except ValueError as exc:
             raise _fail(exc) from None
-        table.add_row("registered", f"models:/{registered.name}/{registered.version} "
+        state = "already registered as" if registered.existed else "registered"
+        table.add_row("registry", f"{state} models:/{registered.name}/{registered.version} "
                       f"(run {registered.run_id})")
     console.print(table)
     if tolerance is not None and psnr < tolerance:

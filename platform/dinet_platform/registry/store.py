@@ -20,6 +20,7 @@ refused before the registry is touched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -380,6 +381,7 @@ class OptimizedRegistration:
     name: str
     version: int
     run_id: str
+    existed: bool = False
 
 
 def register_optimized(
@@ -398,16 +400,26 @@ def register_optimized(
     programs + JSON/YAML, nothing pickled) as a new version of
     ``tracking.registered_model``, tagged ``dinet.optimization.{mode, psnr_vs_fp32,
     source_version, source}``. The directory is logged to a finished ``optimization`` run
-    (the version's source run, which also records the PSNR as a metric). No alias is moved:
-    an optimized version is promoted like any other."""
+    (the version's source run, which also records the PSNR as a metric). No alias is moved.
+    Registering the same optimization again (same source, mode, engine and calibration data,
+    ``details["calibration_data"]``) returns the existing version (``existed``). Neither the
+    programs' bytes (TorchScript mangles names per process) nor the measured PSNR (int8
+    calibration ranges move with float summation order under threading: ~0.3 dB between
+    runs) can serve as the key."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"optimized model directory {directory} does not exist")
     name = config.tracking.registered_model
+    psnr_text = "inf" if psnr_vs_fp32 == float("inf") else f"{psnr_vs_fp32:.4f}"
+    engine = str((details or {}).get("engine", ""))
+    data = str((details or {}).get("calibration_data", ""))
+    identity = hashlib.sha256(f"{source}|{mode}|{engine}|{data}".encode()).hexdigest()[:32]
+    for existing in _versions(client, name):
+        if existing.tags.get(f"{OPTIMIZATION_PREFIX}key") == identity:
+            return OptimizedRegistration(name, int(existing.version), existing.run_id or "", True)
     source_tags: dict[str, str] = {}
     if source_version is not None:
         source_tags = dict(require_version(client, name, source_version).tags)
-    psnr_text = "inf" if psnr_vs_fp32 == float("inf") else f"{psnr_vs_fp32:.4f}"
     run = client.create_run(
         experiment_id(client, config.tracking.experiment), run_name=f"optimize-{mode}",
         tags={KIND_TAG: "optimization", f"{OPTIMIZATION_PREFIX}mode": mode,
@@ -430,6 +442,7 @@ def register_optimized(
         f"{OPTIMIZATION_PREFIX}psnr_vs_fp32": psnr_text,
         f"{OPTIMIZATION_PREFIX}source_version": str(source_version or ""),
         f"{OPTIMIZATION_PREFIX}source": source,
+        f"{OPTIMIZATION_PREFIX}key": identity,
         SOURCE_RUN_TAG: run_id,
         "dinet.mouth_size": str(mouth_size),
         "dinet.git_commit": git_commit(),
