@@ -400,6 +400,16 @@ def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
         assert container.streams.audio, "speech is muxed in"
     assert frames == 25 == status["frames"]
 
+    # The Python client does the same round trip (submit, poll, fetch) in one call.
+    from dinet_platform.serving.client import LipSyncClient
+
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(api.pcm_wav(speech, 16000))
+    with LipSyncClient(served["url"], TOKEN) as lipsync:
+        written = lipsync.dub(wav, tmp_path / "client" / "dub.mp4", avatar_id=avatar)
+    with av.open(str(written)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 25 and container.streams.audio
+
     check = {"avatar_id": "0" * 32}
     assert http.post("/v1/dub", data=check, files=files).status_code == 404
     missing = http.post("/v1/dub", data={"avatar_id": avatar},

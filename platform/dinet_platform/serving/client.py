@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ class LipSyncClient:
                 raise LipSyncError(response.status_code, "", response.text) from None
         return response
 
+    def ready(self) -> bool:
+        """Readiness (no token needed): a model is loaded and serving."""
+        try:
+            response = self._http.get("/readyz")
+        except httpx.TransportError:  # not listening yet
+            return False
+        return response.status_code == 200 and bool(response.json().get("ready"))
+
     def model(self) -> dict[str, Any]:
         return self._check(self._http.get("/v1/model")).json()
 
@@ -72,3 +81,37 @@ class LipSyncClient:
                 "features": np.asarray(audio, dtype=np.float32).tolist(), "start": start,
                 "format": "npy", "output": output})
         return np.load(io.BytesIO(self._check(response).content), allow_pickle=False)
+
+    def dub(self, audio: str | Path, out: str | Path, *, avatar_id: str | None = None,
+            video: str | Path | None = None, timeout_s: float = 1800.0,
+            poll_s: float = 1.0) -> Path:
+        """Dub ``video`` (or the avatar ``avatar_id``) with the speech in ``audio``: submit the
+        job, wait for it, and write the mp4 (audio muxed in) to ``out``."""
+        if (avatar_id is None) == (video is None):
+            raise ValueError("give exactly one of avatar_id or video")
+        audio = Path(audio)
+        files: dict[str, Any] = {"audio": (audio.name, audio.read_bytes(), "audio/wav")}
+        data = {}
+        if avatar_id is not None:
+            data["avatar_id"] = avatar_id
+        else:
+            video = Path(video)
+            files["video"] = (video.name, video.read_bytes(), "video/mp4")
+        job = self._check(self._http.post("/v1/dub", files=files, data=data)).json()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self._check(self._http.get(job["status_url"])).json()
+            if status["state"] == "done":
+                break
+            if status["state"] == "failed":
+                raise LipSyncError(500, "job_id", status.get("error", "dub job failed"))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"dub job {job['job_id']} still {status['state']} after "
+                                   f"{timeout_s:.0f}s")
+            time.sleep(poll_s)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        partial.write_bytes(self._check(self._http.get(job["video_url"])).content)
+        partial.replace(out)  # never leave a truncated mp4 at ``out``
+        return out
