@@ -22,7 +22,6 @@ import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
 from dinet_platform.inference import OptimizeOptions, settle_batchnorm
-from dinet_platform.inference.cli import measure_psnr
 from dinet_platform.inference.loading import (
     CALIBRATION_BATCHES,
     MODE_NAMES,
@@ -30,6 +29,7 @@ from dinet_platform.inference.loading import (
     real_batches,
 )
 from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB, MODES, REORDER_FACTOR
+from dinet_platform.inference.optimizing import measure_psnr
 from dinet_platform.models import build_generator
 from dinet_platform.registry.store import register_model
 from dinet_platform.tracking import client_for

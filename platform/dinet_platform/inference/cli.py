@@ -25,7 +25,6 @@ CompileOption = Annotated[
     typer.Option("--compile/--no-compile", help="Override the mode's torch.compile switch "
                  "(compiling costs 10-120 s per input shape on a small CPU)."),
 ]
-EVAL_BATCHES = 4
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -41,31 +40,6 @@ def _client(reference: str, cfg):
     from dinet_platform.tracking import client_for
 
     return client_for(cfg.tracking)
-
-
-def _content_hash(shards: Path) -> str:
-    from dinet_platform.data.shards import load_manifest
-
-    return str(load_manifest(shards, check_files=False).get("content_hash", ""))
-
-
-def _psnr(output, reference) -> float:
-    import torch
-
-    mse = torch.mean((output.float() - reference.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * float(torch.log10(torch.tensor(1.0 / mse)))
-
-
-def measure_psnr(engine, reference_engine, batches) -> float:
-    """PSNR (peak 1) of ``engine``'s outputs against ``reference_engine``'s over ``batches``
-    (each frame with its own references, as :class:`CalibrationBatch` es hold them)."""
-    import torch
-
-    outputs, references = [], []
-    for batch in batches:
-        outputs.append(engine(batch.source, batch.references, batch.audio))
-        references.append(reference_engine(batch.source, batch.references, batch.audio))
-    return _psnr(torch.cat(outputs), torch.cat(references))
 
 
 def optimize_model(
@@ -87,74 +61,37 @@ def optimize_model(
 ) -> None:
     """Optimize a model, measure its output PSNR against fp32 on real frames, save it as an
     artifact loadable with torch alone, and optionally register it."""
-    from dinet_platform.inference.loading import (
-        CALIBRATION_BATCHES,
-        default_shards,
-        load_engine,
-        real_batches,
-        save_optimized,
-    )
-    from dinet_platform.inference.modes import MIN_PSNR_DB
-    from dinet_platform.paths import dinet_home
+    from dinet_platform.inference.optimizing import optimize_reference
     from dinet_platform.tracking import client_for
 
     cfg = load_or_exit(config, overrides)
     client = client_for(cfg.tracking) if register else _client(model, cfg)
     try:
-        engine, info = load_engine(model, mode=mode, client=client,  # type: ignore[arg-type]
-                                   calibration_shards=data, compile=compile)
-        if info.optimized_artifact:
-            raise ValueError(f"{model} is already an optimized {info.mode!r} artifact: "
-                             "optimize its source checkpoint instead")
-        baseline, _ = load_engine(info.source, mode="fp32", client=client)
-        shards = Path(data) if data else default_shards(info.config)
-        batches = real_batches(shards, info.config, info.mouth_size, count=EVAL_BATCHES,
-                               skip=CALIBRATION_BATCHES)
-    except (ValueError, FileNotFoundError) as exc:
+        with console.status(f"optimizing {model} ({mode}), measuring it on real frames"):
+            outcome = optimize_reference(model, mode, client=client, data=data,
+                                         compile=compile, out=out,
+                                         register=cfg if register else None)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise _fail(exc) from None
-    with console.status("measuring PSNR against fp32 on real frames"):
-        psnr = measure_psnr(engine, baseline, batches)
-    frames = sum(len(b.source) for b in batches)
-    tolerance = MIN_PSNR_DB.get(mode)
-    name = f"{info.name}-v{info.version}" if info.version is not None else info.name
-    target = out or dinet_home() / "optimized" / f"{name}-{mode}"
-    details = {"psnr_vs_fp32": psnr, "psnr_frames": frames, "source": info.source,
-               "source_version": info.version, "engine": engine.description}
-    with console.status(f"saving the artifact to {target}"):
-        try:
-            save_optimized(engine, target, config=info.config, mouth_size=info.mouth_size,
-                           mode=mode, example=batches[0], details=details)
-        except RuntimeError as exc:
-            raise _fail(exc) from None
-        reloaded, loaded_info = load_engine(str(target))
-        artifact_psnr = measure_psnr(reloaded, engine, batches[:1])
+    tolerance = outcome.tolerance_db
     table = Table(title=f"dinet optimize {mode}")
     table.add_column("")
     table.add_column("value")
-    table.add_row("model", info.source)
-    table.add_row("engine", engine.description)
-    table.add_row("PSNR vs fp32", f"{psnr:.2f} dB on {frames} real frames"
-                  + (f" (tolerance {tolerance:.0f} dB)" if tolerance else ""))
-    table.add_row("artifact", f"{target} ({loaded_info.description}, "
-                  f"PSNR vs in-process {artifact_psnr:.1f} dB)")
-    if register:
-        from dinet_platform.registry.store import register_optimized
-
-        try:
-            registered = register_optimized(
-                cfg, client, target, mode=mode, psnr_vs_fp32=psnr, mouth_size=info.mouth_size,
-                source=info.source, source_version=info.version,
-                details={"psnr_frames": frames, "engine": engine.description,
-                         "calibration_data": _content_hash(shards)})
-        except ValueError as exc:
-            raise _fail(exc) from None
+    table.add_row("model", outcome.info.source)
+    table.add_row("engine", outcome.engine_description)
+    table.add_row("PSNR vs fp32", f"{outcome.psnr_vs_fp32:.2f} dB on {outcome.frames} real "
+                  "frames" + (f" (tolerance {tolerance:.0f} dB)" if tolerance else ""))
+    table.add_row("artifact", f"{outcome.artifact} ({outcome.artifact_description}, "
+                  f"PSNR vs in-process {outcome.artifact_psnr:.1f} dB)")
+    if outcome.registered is not None:
+        registered = outcome.registered
         state = "already registered as" if registered.existed else "registered"
         table.add_row("registry", f"{state} models:/{registered.name}/{registered.version} "
                       f"(run {registered.run_id})")
     console.print(table)
-    if tolerance is not None and psnr < tolerance:
-        console.print(f"[yellow]warning:[/yellow] PSNR {psnr:.2f} dB is below the documented "
-                      f"{tolerance:.0f} dB for {mode}", highlight=False)
+    if not outcome.within_tolerance:
+        console.print(f"[yellow]warning:[/yellow] PSNR {outcome.psnr_vs_fp32:.2f} dB is below "
+                      f"the documented {tolerance:.0f} dB for {mode}", highlight=False)
 
 
 def dub(
