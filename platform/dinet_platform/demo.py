@@ -12,6 +12,7 @@ version, the sync expert already in production.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,11 @@ def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SW
     _step(state, console, "sync expert", lambda: sync_expert(state, console))
     _step(state, console, "evaluate, register, promote through the gates",
           lambda: register_and_promote(state, console))
+    _step(state, console, "int8 optimization (registered as its own version)",
+          lambda: optimize_int8(state, console))
+    _step(state, console, "Ray Serve over HTTP: an avatar, a dubbed held-out clip",
+          lambda: serve_and_dub(state, console))
+    _step(state, console, "report", lambda: report(state, console))
 
     console.rule("done")
     table = Table("step", "seconds", title="demo timings")
@@ -90,6 +96,8 @@ def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SW
         table.add_row(title, f"{seconds:.0f}")
     console.print(table)
     console.print(f"finished in {time.perf_counter() - started:.0f}s; everything is under {home}")
+    console.print(f"dubbed held-out clip (with audio): {state.outputs.get('dubbed')}")
+    console.print(f"report: {state.outputs.get('report')}")
     console.print(f"pipeline MLflow run: {state.pipeline_run}")
     console.print(f"browse the runs: mlflow ui --backend-store-uri {state.client.tracking_uri}")
     return state
@@ -165,3 +173,134 @@ def register_and_promote(state: DemoState, console: Console) -> None:
     verdict = "promoted" if outcome.moved else "refused by the gates"
     console.print(f"{name} version {registration.version} -> @{PRODUCTION}: {verdict}; "
                   f"{summary(outcome.gates)}")
+
+
+def optimize_int8(state: DemoState, console: Console) -> None:
+    """Static int8 of the production version, measured against fp32 on real frames and
+    registered as a version of its own (Serve loads ``@production`` and quantizes the same way
+    on load; this artifact is what a torch-only deployment would ship)."""
+    from dinet_platform.inference.optimizing import optimize_reference
+
+    name = state.config.tracking.registered_model
+    outcome = optimize_reference(f"models:/{name}/{state.version}", "static_int8",
+                                 client=state.client, data=state.shards,
+                                 register=state.config)
+    state.outputs["optimized"] = {
+        "version": outcome.registered.version, "psnr_vs_fp32": outcome.psnr_vs_fp32,
+        "artifact": str(outcome.artifact), "engine": outcome.engine_description}
+    console.print(f"static int8 of version {state.version}: {outcome.psnr_vs_fp32:.1f} dB PSNR vs "
+                  f"fp32 on {outcome.frames} real frames; registered as {name} version "
+                  f"{outcome.registered.version} ({outcome.artifact})")
+
+
+def held_out_videos(shards: Path) -> list[Path]:
+    from dinet_platform.data.shards import load_manifest
+
+    return [Path(v["video"]) for v in load_manifest(shards)["videos"] if v["split"] == "val"]
+
+
+def serve_and_dub(state: DemoState, console: Console) -> None:
+    """Serve ``@production`` on the local Ray, make an avatar of one held-out clip and dub it
+    with another held-out clip's speech, all over HTTP; time the live frames route."""
+    import secrets
+    import sys
+
+    from ray import serve
+
+    from dinet_platform.ray_runtime import free_port
+    from dinet_platform.serving.client import LipSyncClient
+    from dinet_platform.serving.settings import APP_NAME, load_serve_config
+
+    if str(PROJECT_ROOT) not in sys.path:  # serve_deployments/ lives at the repository root
+        sys.path.insert(0, str(PROJECT_ROOT))
+    from serve_deployments.lipsync import build_app
+
+    face, speech = (held_out_videos(state.shards) * 2)[:2]
+    token = secrets.token_urlsafe(24)
+    token_file = state.out_dir / "api_token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    os.environ["DINET_API_TOKEN_FILE"] = str(token_file)
+    os.environ.pop("DINET_API_TOKEN", None)
+    port = free_port()
+    settings = load_serve_config(PROJECT_ROOT / "configs" / "serve.yaml", {"serving": {
+        "host": "127.0.0.1", "port": port, "model_name": state.config.tracking.registered_model,
+        "calibration_shards": str(state.shards)}, "tracking": {
+        "tracking_uri": state.client.tracking_uri}})
+    url = f"http://127.0.0.1:{port}"
+    with ray_session():
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME,
+                      route_prefix="/", blocking=False)
+            with LipSyncClient(url, token, timeout=600) as client:
+                _wait_ready(client, console)
+                served = client.model()["model"]
+                console.print(f"serving {served['name']} version {served['version']} "
+                              f"(@{served['alias']}, {served['mode']}) at {url}")
+                avatar = client.create_avatar(face, _landmarks(face))
+                console.print(f"avatar {avatar} from {face.name}")
+                state.outputs["serving"] = measure_frames_route(client, avatar, speech, state)
+                out = client.dub(speech, state.out_dir / "dubbed.mp4", avatar_id=avatar)
+                state.outputs["dubbed"] = str(out)
+                console.print(f"dubbed {face.name} with the speech of {speech.name}: {out}")
+        finally:
+            serve.shutdown()
+
+
+def _landmarks(video: Path) -> Path | None:
+    csv = video.with_suffix(".csv")
+    return csv if csv.is_file() else None
+
+
+def _wait_ready(client: Any, console: Console, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with console.status("waiting for the model deployment (int8 calibration on real frames)"):
+        while not client.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Serve did not become ready in {timeout_s:.0f}s")
+            time.sleep(1.0)
+
+
+def measure_frames_route(client: Any, avatar: str, speech: Path, state: DemoState,
+                         window: int = 8, requests: int = 8) -> list[dict[str, Any]]:
+    """Latency of ``/v1/avatars/{id}/frames`` for ``window``-frame audio windows, one caller
+    and then ``requests`` concurrent callers (which Serve batches)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from dinet_platform.inference.dub import load_speech
+
+    features = load_speech(speech, state.config.data).features
+    windows = [features[i * window:(i + 1) * window] for i in range(requests)]
+    windows = [w for w in windows if len(w) == window]
+
+    def call(index: int) -> float:
+        started = time.perf_counter()
+        client.frames(avatar, windows[index], start=index * window)
+        return time.perf_counter() - started
+
+    call(0)  # warm-up: the replica builds the avatar's reference features once
+    rows = []
+    for concurrency in (1, len(windows)):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = list(pool.map(call, range(len(windows))))
+        elapsed = time.perf_counter() - started
+        rows.append({"concurrency": concurrency, "requests": len(windows),
+                     "frames_per_request": window,
+                     "frames_per_s": round(len(windows) * window / elapsed, 1),
+                     "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+                     "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1)})
+    return rows
+
+
+def report(state: DemoState, console: Console) -> None:
+    from dinet_platform.report import write_report
+
+    path = write_report(state.client, state.pipeline_run, state.out_dir / "report.html",
+                        evaluation_run_id=state.evaluation_run, sweep=state.sweep_run,
+                        serving=state.outputs.get("serving"))
+    state.outputs["report"] = str(path)
+    console.print(f"report: {path}")
