@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean cluster-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest
+
+# A Ray head + a second Ray node on loopback, a real mlflow server, a 2-worker stage spread
+# over both nodes, then the same stage as a `ray job submit` job (token auth).
+cluster-test: $(STAMP)
+	$(BIN)/pytest tests/test_multinode.py -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,142 @@
+"""Multi-node on one machine: a Ray head and a second Ray node on loopback (token auth), a real
+``mlflow server``, a 2-worker training stage spread over both nodes with a shared storage path,
+then the same stage again as a Ray Job through the ``ray job submit`` CLI.
+
+Runs alone with ``make cluster-test``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+
+import mlflow
+import yaml
+from dinet_platform.config import dump_config, load_config
+from dinet_platform.training.submit import CONFIG_VARIABLE, EXCLUDES, PROJECT_ROOT
+
+from tests.cluster import RAY, mlflow_server, ray_cluster
+from tests.test_training import TINY
+
+
+def tiny_config(shards, storage) -> dict:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["name"] = "multinode"
+    config["stages"] = [{"mouth_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3}]
+    config["data"]["shards"] = str(shards)
+    # Each node has 1 CPU and a worker takes 0.6: the two workers cannot share a node, and
+    # the loader tasks (0.2) fit beside them.
+    config["training"].update(cpus_per_worker=0.6, loader_cpus=0.2, max_failures=0,
+                              storage_path=str(storage))
+    return config
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+
+def ray_job(args: list[str], env: dict[str, str], attempts: int = 10):
+    """Run a `ray job` CLI command. A dashboard whose job agent is too busy to answer within
+    Ray's 10 s answers "No available agent to submit job, please try again later": so, again
+    later (a submission that did get through answers "already exists" on the retry)."""
+    for attempt in range(attempts):
+        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+        busy = "No available agent" in result.stdout + result.stderr
+        if result.returncode == 0 or (attempt and "already exists" in result.stderr):
+            return result
+        assert busy and attempt < attempts - 1, output(result)
+        time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def stage_runs(client: mlflow.MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([found.experiment_id], "tags.`dinet.kind` = 'stage'")
+
+
+def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir, tmp_path):
+    storage = tmp_path / "shared-storage"  # one filesystem: shared by both nodes
+    path = tmp_path / "multinode.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(prepared_dir, storage)))
+    # The job trains into another experiment: a new pipeline, not the finished one skipped.
+    job_config = load_config(path, ["tracking.experiment=multinode-job"])
+
+    started = time.monotonic()
+
+    def progress(message: str) -> None:  # shown with -s, and in the report of a failure
+        print(f"[multinode {time.monotonic() - started:.0f}s] {message}", flush=True)
+
+    with ray_cluster([1, 1]) as cluster, mlflow_server(tmp_path / "mlflow") as tracking:
+        progress("2 Ray nodes and the mlflow server are up")
+        env = {**cluster.env, "MLFLOW_TRACKING_URI": tracking,
+               "DINET_HOME": str(tmp_path / "home")}
+
+        # A driver joining the cluster by its GCS address (as on a cluster's head node).
+        driver = subprocess.run(
+            [sys.executable, "-m", "dinet_platform", "train", "--config", str(path)],
+            env={**env, "RAY_ADDRESS": cluster.gcs_address},
+            capture_output=True, text=True, timeout=900,
+        )
+        assert driver.returncode == 0, output(driver)
+        progress("the stage trained from a driver on the cluster")
+
+        runtime_env = {
+            "working_dir": str(PROJECT_ROOT),
+            "excludes": EXCLUDES,
+            "env_vars": {CONFIG_VARIABLE: dump_config(job_config), "PYTHONPATH": "platform",
+                         "MLFLOW_TRACKING_URI": tracking, "DINET_HOME": env["DINET_HOME"]},
+        }
+        job_id = f"multinode-{uuid.uuid4().hex[:8]}"
+        submit = [str(RAY), "job", "submit", "--address", cluster.dashboard, "--no-wait",
+                  "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env),
+                  "--", "python", "jobs/train_stage.py", "--config", f"env:{CONFIG_VARIABLE}",
+                  "--stage", "64"]
+        ray_job(submit, env)
+        logs = ray_job([str(RAY), "job", "logs", job_id, "--follow",
+                        "--address", cluster.dashboard], env)
+        status = ray_job([str(RAY), "job", "status", job_id, "--address", cluster.dashboard],
+                         env)
+        assert f"Job '{job_id}' succeeded" in status.stdout, output(status) + logs.stdout[-4000:]
+
+        nodes = {node["node_id"] for node in cluster.alive_nodes()}
+        workers = cluster.state("actors", "class_name=RayTrainWorker")
+
+        client = mlflow.MlflowClient(tracking)
+        runs = {name: stage_runs(client, name) for name in ("dinet", "multinode-job")}
+        # Artifacts go through the server (its artifact proxy) into its artifact root.
+        checkpoints = {
+            run.info.run_id: {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+            for found in runs.values() for run in found
+        }
+
+    progress("trained again as a Ray Job; everything stopped")
+    assert len(nodes) == 2
+    # Both runs (the driver's and the job's) placed one worker on each node.
+    nodes_by_job = defaultdict(set)
+    for actor in workers:
+        nodes_by_job[actor["job_id"]].add(actor["node_id"])
+    assert len(nodes_by_job) == 2, workers
+    assert all(used == nodes for used in nodes_by_job.values()), nodes_by_job
+
+    for name, found in runs.items():
+        assert len(found) == 1, name
+        run = found[0]
+        assert run.info.status == "FINISHED", name
+        assert run.data.params["num_workers"] == "2"
+        assert run.data.metrics["best_val_mouth_psnr"] > 0
+        assert "checkpoint/checkpoint.pt" in checkpoints[run.info.run_id], name
+
+    stored = list((tmp_path / "mlflow" / "artifacts").rglob("checkpoint/checkpoint.pt"))
+    assert len(stored) == 2, stored
+
+    # The shared storage path holds each run's Ray Train checkpoints.
+    trained = sorted(p.name for p in storage.iterdir() if p.name.startswith("stage64-"))
+    assert len(trained) == 2, trained
+    for name in trained:
+        assert any((storage / name).glob("checkpoint_*/checkpoint.pt")), name
+
