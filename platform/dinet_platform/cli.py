@@ -46,6 +46,12 @@ def _main() -> None:
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
+def fail(exc: BaseException) -> typer.Exit:
+    """Print why a command failed; ``raise fail(exc) from None`` ends it with exit code 2."""
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(2)
+
+
 def load_or_exit(config: Path, overrides: list[str] | None):
     """Load a config for a command; a bad config ends the command with the reason."""
     try:

@@ -277,3 +277,25 @@ def detected_landmarks(probe: VideoProbe, smooth_frames: int = 5) -> Landmarks:
         boxes = np.median(windows, axis=-1)
     points = np.stack([landmarks_from_box(*box) for box in boxes])
     return Landmarks(points, valid, face_detector_name())
+
+
+def video_landmarks(
+    probe: VideoProbe,
+    csv_path: str | Path | None,
+    *,
+    smooth_frames: int,
+    min_coverage: float,
+) -> Landmarks:
+    """Landmarks for every source frame of a video: its OpenFace CSV (one row per source frame)
+    when given, else detected; invalid frames interpolated (see :func:`fill_invalid`). Data
+    preparation and inference avatars both take faces from videos this way."""
+    if csv_path is not None:
+        marks = read_openface_csv(csv_path)
+        if len(marks.points) != probe.num_source_frames:
+            raise LandmarkError(
+                f"landmarks CSV {Path(csv_path).name} has {len(marks.points)} frames, "
+                f"the video has {probe.num_source_frames}"
+            )
+    else:
+        marks = detected_landmarks(probe, smooth_frames)
+    return fill_invalid(marks, min_coverage)

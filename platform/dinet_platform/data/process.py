@@ -36,9 +36,7 @@ from dinet_platform.data.crops import CropError, cut_crop, frame_radii, mouth_wi
 from dinet_platform.data.landmarks import (
     MOUTH_POINTS,
     LandmarkError,
-    detected_landmarks,
-    fill_invalid,
-    read_openface_csv,
+    video_landmarks,
 )
 from dinet_platform.data.media import (
     MediaError,
@@ -214,16 +212,9 @@ def _process(
     num_frames = len(source_index)
     features = _audio_features(spec, settings, num_frames)
 
-    if spec.landmarks:
-        marks = read_openface_csv(spec.landmarks)
-        if len(marks.points) != probe.num_source_frames:
-            raise LandmarkError(
-                f"landmarks CSV {Path(spec.landmarks).name} has {len(marks.points)} frames, "
-                f"the video has {probe.num_source_frames}"
-            )
-    else:
-        marks = detected_landmarks(probe, settings.crop_smoothing_frames)
-    marks = fill_invalid(marks, settings.min_face_coverage)
+    marks = video_landmarks(probe, spec.landmarks or None,
+                            smooth_frames=settings.crop_smoothing_frames,
+                            min_coverage=settings.min_face_coverage)
     points = marks.points[source_index]
     track = plan_crops(
         points,

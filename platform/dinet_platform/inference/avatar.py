@@ -35,12 +35,7 @@ import torch
 
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data.crops import CropError, CropTrack, cut_crop, plan_crops
-from dinet_platform.data.landmarks import (
-    LandmarkError,
-    detected_landmarks,
-    fill_invalid,
-    read_openface_csv,
-)
+from dinet_platform.data.landmarks import LandmarkError, video_landmarks
 from dinet_platform.data.media import MediaError, probe_video, resample_indices
 from dinet_platform.geometry import CropGeometry, crop_geometry, mouth_mask
 from dinet_platform.inference.blend import (
@@ -134,16 +129,8 @@ class Avatar:
                     f"{probe.width}x{probe.height} exceed {max_bytes >> 20} MiB): trim it"
                 )
             source_index = resample_indices(probe.times, data.fps)
-            if landmarks is not None:
-                marks = read_openface_csv(landmarks)
-                if len(marks.points) != probe.num_source_frames:
-                    raise LandmarkError(
-                        f"landmarks CSV {Path(landmarks).name} has {len(marks.points)} frames, "
-                        f"the video has {probe.num_source_frames}"
-                    )
-            else:
-                marks = detected_landmarks(probe, data.crop_smoothing_frames)
-            marks = fill_invalid(marks, data.min_face_coverage)
+            marks = video_landmarks(probe, landmarks, smooth_frames=data.crop_smoothing_frames,
+                                    min_coverage=data.min_face_coverage)
             track = plan_crops(
                 marks.points[source_index], (probe.width, probe.height), geometry,
                 margin=data.crop_margin, smooth_frames=data.crop_smoothing_frames,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dinet_platform.cli import ConfigOption, SetOption, console, load_or_exit
+from dinet_platform.cli import ConfigOption, SetOption, console, fail, load_or_exit
 
 ModelOption = Annotated[
     str,
@@ -25,11 +25,6 @@ CompileOption = Annotated[
     typer.Option("--compile/--no-compile", help="Override the mode's torch.compile switch "
                  "(compiling costs 10-120 s per input shape on a small CPU)."),
 ]
-
-
-def _fail(exc: BaseException) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(2)
 
 
 def _client(reference: str, cfg):
@@ -72,7 +67,7 @@ def optimize_model(
                                          compile=compile, out=out,
                                          register=cfg if register else None)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     tolerance = outcome.tolerance_db
     table = Table(title=f"dinet optimize {mode}")
     table.add_column("")
@@ -122,14 +117,14 @@ def dub(
 
     for role, path in (("video", video), ("audio", audio), ("landmarks", landmarks)):
         if path is not None and not path.is_file():
-            raise _fail(FileNotFoundError(f"--{role} {path}: file not found"))
+            raise fail(FileNotFoundError(f"--{role} {path}: file not found"))
     if out.suffix.lower() != ".mp4":
-        raise _fail(ValueError(f"--out {out}: the output is an H.264 mp4, name it *.mp4"))
+        raise fail(ValueError(f"--out {out}: the output is an H.264 mp4, name it *.mp4"))
     import torch
 
     if device.split(":")[0] not in ("cpu", "cuda") or (
             device.startswith("cuda") and not torch.cuda.is_available()):
-        raise _fail(ValueError(f"--device {device}: use cpu, or cuda on a machine with a GPU "
+        raise fail(ValueError(f"--device {device}: use cpu, or cuda on a machine with a GPU "
                                f"(CUDA available here: {torch.cuda.is_available()})"))
     cfg = load_or_exit(config, overrides)
     try:
@@ -140,5 +135,5 @@ def dub(
         result = dub_video(engine, video, audio, out, model=info, batch_size=batch_size,
                            progress=progress, landmarks=landmarks, console=console)
     except (ValueError, RuntimeError, MediaError, FileNotFoundError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(result.summary(), highlight=False)

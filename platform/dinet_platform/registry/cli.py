@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dinet_platform.cli import ConfigOption, SetOption, console, load_or_exit
+from dinet_platform.cli import ConfigOption, SetOption, console, fail, load_or_exit
 
 registry_app = typer.Typer(
     help="Register, promote (through quality gates) and roll back models in the MLflow Model "
@@ -21,11 +21,6 @@ DataOption = Annotated[
     typer.Option("--data", help="Evaluation shards (default: evaluation.shards, else "
                  "data.shards)."),
 ]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(2)
 
 
 def _client(cfg):
@@ -87,7 +82,7 @@ def register_command(
         outcome = register_model(cfg, _client(cfg), run, evaluate=evaluate, shards=data,
                                  console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if outcome.existed:
         return
     console.print(f"registered {outcome.name} version {outcome.version} (@candidate) from "
@@ -121,7 +116,7 @@ def promote_command(
         outcome = promote(cfg, _client(cfg), version, to, force=force, reason=reason,
                           shards=data, console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     if outcome.evaluation is not None:
         console.print(metrics_table(outcome.evaluation.result,
                                     f"v{version} vs {to} holder v{outcome.holder}"))
@@ -155,6 +150,6 @@ def rollback_command(
     try:
         outcome = rollback(cfg, _client(cfg), alias, reason)
     except (ValueError, RuntimeError) as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"{outcome.name}@{alias}: v{outcome.replaced} -> v{outcome.restored} "
                   f"(v{outcome.replaced} kept as the rollback target)", highlight=False)
