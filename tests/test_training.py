@@ -183,3 +183,21 @@ def test_train_command_reports_bad_input_with_exit_code(prepared_dir, home, tmp_
     result = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert result.exit_code == 2
     assert "training data" in result.output
+
+
+def test_pipeline_key_follows_only_what_training_depends_on():
+    from dinet_platform.config import DINetConfig
+    from dinet_platform.training.pipeline import pipeline_key
+
+    base = DINetConfig.model_validate(TINY)
+    key = pipeline_key(base, "data-1")
+    unrelated = base.model_copy(deep=True)
+    unrelated.syncnet.steps += 1
+    unrelated.serving.max_batch_size = 4
+    unrelated.evaluation.sync_offsets += 1
+    unrelated.tracking.experiment = "elsewhere"
+    assert pipeline_key(unrelated, "data-1") == key
+    changed = base.model_copy(deep=True)
+    changed.loss.temporal.frame_diff += 1.0
+    assert pipeline_key(changed, "data-1") != key
+    assert pipeline_key(base, "data-2") != key

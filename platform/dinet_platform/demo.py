@@ -165,6 +165,10 @@ def register_and_promote(state: DemoState, console: Console) -> None:
         state.evaluation_run = registration.evaluation.run_id
     console.print(f"registered {name} version {registration.version} (@candidate)")
     if alias_holder(state.client, name, PRODUCTION) == registration.version:
+        # A re-run: report the evaluation that promoted it (or registered it).
+        tags = state.client.get_model_version(name, str(registration.version)).tags
+        state.evaluation_run = (tags.get(f"dinet.gates.{PRODUCTION}.eval_run")
+                                or tags.get("dinet.eval_run") or state.evaluation_run)
         console.print(f"version {registration.version} already holds @{PRODUCTION}")
         return
     outcome = promote(state.config, state.client, registration.version, PRODUCTION,

@@ -18,6 +18,7 @@ predecessor never finished in this pipeline starts from ``init_from`` or from sc
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -58,8 +59,14 @@ class PipelineResult:
     stages: list[StageOutcome] = field(default_factory=list)
 
 
+TRAINING_SECTIONS = {"name", "model", "stages", "loss", "data", "training"}
+"""What a pipeline's result depends on: changing evaluation, serving, sync-expert or tracking
+settings must not make a re-run train the same stages again."""
+
+
 def pipeline_key(config: DINetConfig, data_hash: str) -> str:
-    digest = hashlib.sha256(f"{dump_config(config)}\n{data_hash}".encode())
+    training = config.model_dump(mode="json", include=TRAINING_SECTIONS)
+    digest = hashlib.sha256(f"{json.dumps(training, sort_keys=True)}\n{data_hash}".encode())
     return digest.hexdigest()[:16]
 
 
