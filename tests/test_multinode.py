@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 
 import mlflow
+import pytest
 import yaml
 from dinet_platform.config import dump_config, load_config
 from dinet_platform.training.submit import CONFIG_VARIABLE, EXCLUDES, PROJECT_ROOT
@@ -59,6 +60,9 @@ def stage_runs(client: mlflow.MlflowClient, experiment: str) -> list:
     return client.search_runs([found.experiment_id], "tags.`dinet.kind` = 'stage'")
 
 
+# Two Ray nodes, an mlflow server and two training runs: ~5 min on 2 quiet cores, several times
+# that when the machine is shared, so it gets more than the suite's per-test 900 s.
+@pytest.mark.timeout(2400)
 def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir, tmp_path):
     storage = tmp_path / "shared-storage"  # one filesystem: shared by both nodes
     path = tmp_path / "multinode.yaml"
