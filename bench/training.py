@@ -17,8 +17,11 @@ pipeline does, and its start is reported on its own line.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import ray
 import ray.train
@@ -72,23 +75,30 @@ def _worker(loop_config: dict) -> None:
     config = DINetConfig.model_validate(loop_config["config"])
     stats = run_steps(config, loop_config["mouth_size"], loop_config["steps"],
                       loop_config["warmup"], loop_config["threads"], distributed=True)
-    world = ray.train.get_context().get_world_size()
-    ray.train.report({**stats, "samples_per_s": stats["samples_per_s"] * world})
+    context = ray.train.get_context()
+    if context.get_world_rank() == 0:
+        # Ray Train V2 does not surface metrics reported without a checkpoint in
+        # Result.metrics, so rank 0 hands its figures back through a file.
+        Path(loop_config["out"]).write_text(json.dumps(
+            {**stats, "samples_per_s": stats["samples_per_s"] * context.get_world_size()}))
 
 
 def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, steps: int,
             warmup: int) -> dict[str, float]:
+    out = Path(tempfile.mkdtemp(prefix="dinet-bench-")) / "stats.json"
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"config": config.model_dump(mode="json"), "mouth_size": mouth_size,
-                           "steps": steps, "warmup": warmup, "threads": threads},
+                           "steps": steps, "warmup": warmup, "threads": threads,
+                           "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers,
                                                resources_per_worker={"CPU": threads}),
         run_config=ray.train.RunConfig(name=f"bench-{workers}w-{time.time_ns()}",
                                        storage_path="/tmp/dinet-bench-ray"),
     )
     started = time.time()
-    metrics = trainer.fit().metrics
+    trainer.fit()
+    metrics = json.loads(out.read_text())
     return {"samples_per_s": metrics["samples_per_s"],
             "time_to_first_step_s": metrics["first_step_at"] - started}
 
