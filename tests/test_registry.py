@@ -4,14 +4,7 @@ embedded SQLite store and against a real ``mlflow server``."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -34,6 +27,8 @@ from dinet_platform.training.pipeline import run_pipeline
 from dinet_platform.training.stage import start_stage_run
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
+
+from tests.cluster import mlflow_server
 
 TINY = {
     "name": "tiny-registry",
@@ -272,47 +267,8 @@ def test_gate_rules():
     assert gates_passed(check_gates(same, None, gates))  # no holder yet
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server we started, by its process group (it forks workers)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-
-
 def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypatch):
-    port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not become healthy"
-            time.sleep(0.2)
+    with mlflow_server(tmp_path / "server") as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
         config_path = write_config(tmp_path, prepared_dir)
@@ -370,6 +326,3 @@ def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypat
         assert evaluations and all(r.info.status == "FINISHED" for r in evaluations)
         assert {a.path for a in client.list_artifacts(evaluations[0].info.run_id)} >= {
             "evaluation.json", "comparison.png"}
-    finally:
-        stop(server)
-        log.close()
