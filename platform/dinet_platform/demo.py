@@ -28,7 +28,7 @@ from dinet_platform.config import DINetConfig
 from dinet_platform.config.sweep import load_sweep_config
 from dinet_platform.data.prepare import prepare_dataset
 from dinet_platform.data.synth import synthesize_dataset
-from dinet_platform.paths import dinet_home
+from dinet_platform.paths import PROJECT_ROOT, dinet_home
 from dinet_platform.ray_runtime import ray_session
 from dinet_platform.tracking import client_for
 from dinet_platform.training.pipeline import run_pipeline
@@ -36,7 +36,6 @@ from dinet_platform.training.stage import default_shards
 
 DEMO_VIDEOS = 8
 DEMO_SECONDS = 4.0
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_SWEEP = PROJECT_ROOT / "configs" / "demo_sweep.yaml"
 
 
@@ -207,17 +206,11 @@ def serve_and_dub(state: DemoState, console: Console) -> None:
     """Serve ``@production`` on the local Ray, make an avatar of one held-out clip and dub it
     with another held-out clip's speech, all over HTTP; time the live frames route."""
     import secrets
-    import sys
-
-    from ray import serve
 
     from dinet_platform.ray_runtime import free_port
     from dinet_platform.serving.client import LipSyncClient
-    from dinet_platform.serving.settings import APP_NAME, load_serve_config
-
-    if str(PROJECT_ROOT) not in sys.path:  # serve_deployments/ lives at the repository root
-        sys.path.insert(0, str(PROJECT_ROOT))
-    from serve_deployments.lipsync import build_app
+    from dinet_platform.serving.local import serve_app
+    from dinet_platform.serving.settings import load_serve_config
 
     face, speech = (held_out_videos(state.shards) * 2)[:2]
     token = secrets.token_urlsafe(24)
@@ -232,24 +225,17 @@ def serve_and_dub(state: DemoState, console: Console) -> None:
         "calibration_shards": str(state.shards)}, "tracking": {
         "tracking_uri": state.client.tracking_uri}})
     url = f"http://127.0.0.1:{port}"
-    with ray_session():
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
-            serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME,
-                      route_prefix="/", blocking=False)
-            with LipSyncClient(url, token, timeout=600) as client:
-                _wait_ready(client, console)
-                served = client.model()["model"]
-                console.print(f"serving {served['name']} version {served['version']} "
-                              f"(@{served['alias']}, {served['mode']}) at {url}")
-                avatar = client.create_avatar(face, _landmarks(face))
-                console.print(f"avatar {avatar} from {face.name}")
-                state.outputs["serving"] = measure_frames_route(client, avatar, speech, state)
-                out = client.dub(speech, state.out_dir / "dubbed.mp4", avatar_id=avatar)
-                state.outputs["dubbed"] = str(out)
-                console.print(f"dubbed {face.name} with the speech of {speech.name}: {out}")
-        finally:
-            serve.shutdown()
+    with ray_session(), serve_app(settings), LipSyncClient(url, token, timeout=600) as client:
+        _wait_ready(client, console)
+        served = client.model()["model"]
+        console.print(f"serving {served['name']} version {served['version']} "
+                      f"(@{served['alias']}, {served['mode']}) at {url}")
+        avatar = client.create_avatar(face, _landmarks(face))
+        console.print(f"avatar {avatar} from {face.name}")
+        state.outputs["serving"] = measure_frames_route(client, avatar, speech, state)
+        out = client.dub(speech, state.out_dir / "dubbed.mp4", avatar_id=avatar)
+        state.outputs["dubbed"] = str(out)
+        console.print(f"dubbed {face.name} with the speech of {speech.name}: {out}")
 
 
 def _landmarks(video: Path) -> Path | None:

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 DEFAULT_HOME = ".dinet"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+"""The repository: configs/, jobs/ and serve_deployments/ live here (an editable install)."""
 
 
 def dinet_home() -> Path:

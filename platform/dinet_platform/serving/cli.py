@@ -6,7 +6,6 @@ Ctrl-C or SIGTERM (the CLI turns it into Ctrl-C) shuts Serve down, then the Ray 
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,8 +14,6 @@ from typing import Annotated
 import typer
 
 from dinet_platform.cli import _interrupt_on_sigterm, console
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def serve_command(
@@ -31,7 +28,7 @@ def serve_command(
     """Serve the registry's model over HTTP (batched, int8 on CPU) until Ctrl-C."""
     from dinet_platform.config import ConfigError
     from dinet_platform.serving.auth import AuthConfigError, load_token
-    from dinet_platform.serving.settings import APP_NAME, load_serve_config
+    from dinet_platform.serving.settings import load_serve_config
 
     overrides = {"serving": {k: v for k, v in (("port", port), ("host", host)) if v}}
     try:
@@ -40,31 +37,22 @@ def serve_command(
     except (ConfigError, AuthConfigError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    if str(REPO_ROOT) not in sys.path:  # serve_deployments/ lives at the repository root
-        sys.path.insert(0, str(REPO_ROOT))
-    from ray import serve
-
     from dinet_platform.ray_runtime import ray_session
-    from serve_deployments.lipsync import build_app
+    from dinet_platform.serving.local import serve_app
 
     serving = settings.serving
-    args = settings.model_dump(mode="json")
     with ray_session(address):
         if threading.current_thread() is threading.main_thread():
             # ray.init replaced the CLI's handler with sys.exit: SIGTERM unwinds like Ctrl-C.
             signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-        serve.start(http_options={"host": serving.host, "port": serving.port})
         try:
             console.print(f"deploying models:/{serving.model_name}@{serving.alias} "
                           f"({serving.precision}, {serving.device}) ...")
-            serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-            url = f"http://{serving.host}:{serving.port}"
-            console.print(f"[green]serving[/green] {url}  (API docs {url}/docs, readiness "
-                          f"{url}/readyz); Ctrl-C to stop", highlight=False)
-            while True:
-                time.sleep(1.0)
+            with serve_app(settings) as url:
+                console.print(f"[green]serving[/green] {url}  (API docs {url}/docs, readiness "
+                              f"{url}/readyz); Ctrl-C to stop", highlight=False)
+                while True:
+                    time.sleep(1.0)
         except KeyboardInterrupt:
             console.print("stopping Serve ...")
-        finally:
-            serve.shutdown()
     console.print("Serve and Ray stopped")

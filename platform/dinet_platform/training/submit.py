@@ -26,8 +26,8 @@ from pathlib import Path
 from rich.console import Console
 
 from dinet_platform.config import DINetConfig, dump_config
+from dinet_platform.paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 EXCLUDES = [".venv", ".dinet", ".git", "bench/results", "**/__pycache__", ".pytest_cache"]
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "DINET_HOME")
 AGENT_WAIT_S = 120
