@@ -1,24 +1,33 @@
 """Training throughput: a plain PyTorch loop vs the same steps in Ray Train (1 and 2 workers).
 
     python bench/training.py [--out FILE.json] [--config configs/demo.yaml] [--stage 64]
-                             [--steps 12] [--warmup 2]
+                             [--steps 24] [--warmup 2]
 
 Every variant runs the platform's own ``train_step`` (discriminators, then the generator on the
 full objective) on the same in-memory batch of the stage's shape, so the difference is what
-Ray Train and DDP add, not data loading. Steady state is samples/s over ``--steps`` steps after
-``--warmup``; a sample is one clip of ``data.clip_len`` frames. The 1-worker run gets the same
-2 threads as the plain loop; the 2-worker run splits them, 1 thread each (DDP over gloo).
+Ray Train and DDP add, not data loading. Steady state is samples/s at the median step time of
+``--steps`` steps after ``--warmup`` (the mean is in the JSON too: on a shared VM a single
+stalled step moves it by several percent); a sample is one clip of ``data.clip_len`` frames.
+The plain loop runs before Ray starts and again after it stops, and its figure is the mean of
+the two, so drift in the machine's speed over the run does not land on one side. The 1-worker
+run gets the same 2 threads as the plain loop; the 2-worker run splits them, 1 thread each
+(DDP over gloo).
 
 Start-up cost of a stage = from ``TorchTrainer.fit()`` to the end of the first step (worker
-group, process group, model build, first step); Ray itself is started once beforehand, as the
-pipeline does, and its start is reported on its own line.
+group, process group, model build, first step); Ray itself is started once beforehand, the way
+the pipeline starts it (``start_local_ray``), and its start is reported on its own line.
+
+Each comparison runs twice: with the stage's threads filling both cores (the configuration the
+overhead target is about), and with one thread, which leaves a core to Ray's own processes
+(controller, placement-group cleaner, GCS, raylet, dashboard). The gap between the two rows
+says how much of the overhead is the per-step cost of Ray Train and how much is Ray's control
+plane competing for a fully booked CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +36,10 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from common import markdown_table, write_json
+from common import markdown_table, median, write_json
 from dinet_platform.config import DINetConfig, load_config
 from dinet_platform.models import build_discriminators, build_generator
+from dinet_platform.ray_runtime import start_local_ray
 from dinet_platform.training.objective import (
     ClipGenerator,
     Discriminators,
@@ -64,11 +74,14 @@ def run_steps(config: DINetConfig, mouth_size: int, steps: int, warmup: int, thr
     first_step_at = time.time()
     for _ in range(warmup):
         train_step(generator, discriminators, objective, optimizers, batch)
-    start = time.perf_counter()
+    step_times = []
     for _ in range(steps):
+        started = time.perf_counter()
         train_step(generator, discriminators, objective, optimizers, batch)
-    elapsed = time.perf_counter() - start
-    return {"samples_per_s": steps * stage.batch_size / elapsed, "first_step_at": first_step_at}
+        step_times.append(time.perf_counter() - started)
+    return {"samples_per_s": stage.batch_size / median(step_times),
+            "mean_samples_per_s": stage.batch_size * steps / sum(step_times),
+            "first_step_at": first_step_at}
 
 
 def _worker(loop_config: dict) -> None:
@@ -80,7 +93,8 @@ def _worker(loop_config: dict) -> None:
         # Ray Train V2 does not surface metrics reported without a checkpoint in
         # Result.metrics, so rank 0 hands its figures back through a file.
         Path(loop_config["out"]).write_text(json.dumps(
-            {**stats, "samples_per_s": stats["samples_per_s"] * context.get_world_size()}))
+            {**stats, "samples_per_s": stats["samples_per_s"] * context.get_world_size(),
+             "mean_samples_per_s": stats["mean_samples_per_s"] * context.get_world_size()}))
 
 
 def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, steps: int,
@@ -100,6 +114,7 @@ def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, st
     trainer.fit()
     metrics = json.loads(out.read_text())
     return {"samples_per_s": metrics["samples_per_s"],
+            "mean_samples_per_s": metrics["mean_samples_per_s"],
             "time_to_first_step_s": metrics["first_step_at"] - started}
 
 
@@ -108,43 +123,58 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--stage", type=int, default=64, help="mouth size of the stage")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     config = load_config(args.config)
     cpus = 2
 
-    build_started = time.time()
-    plain = run_steps(config, args.stage, args.steps, args.warmup, cpus, distributed=False)
-    rows = [{"variant": "plain", "workers": 1, "threads": cpus,
-             "samples_per_s": plain["samples_per_s"],
-             "time_to_first_step_s": plain["first_step_at"] - build_started}]
+    def plain_runs() -> dict[int, dict[str, float]]:
+        runs = {}
+        for threads in (cpus, 1):
+            build_started = time.time()
+            stats = run_steps(config, args.stage, args.steps, args.warmup, threads,
+                              distributed=False)
+            runs[threads] = {**stats,
+                             "time_to_first_step_s": stats["first_step_at"] - build_started}
+        return runs
 
+    before = plain_runs()
+
+    rows: list[dict] = []
     ray_started = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False,
-             log_to_driver=False, runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}})
+    start_local_ray(num_cpus=cpus)
     ray_init_s = time.perf_counter() - ray_started
     try:
-        for workers in (1, 2):
-            stats = run_ray(config, args.stage, workers, cpus // workers, args.steps,
-                            args.warmup)
+        for workers, threads in ((1, cpus), (2, cpus // 2), (1, 1)):
+            stats = run_ray(config, args.stage, workers, threads, args.steps, args.warmup)
             rows.append({"variant": f"ray_train_{workers}w", "workers": workers,
-                         "threads": cpus // workers, **stats})
+                         "threads": threads, **stats})
     finally:
         ray.shutdown()
+    after = plain_runs()
+    rows = [{"variant": "plain", "workers": 1, "threads": threads,
+             **{key: (before[threads][key] + after[threads][key]) / 2
+                for key in ("samples_per_s", "mean_samples_per_s", "time_to_first_step_s")},
+             "samples_per_s_before_after": [before[threads]["samples_per_s"],
+                                            after[threads]["samples_per_s"]]}
+            for threads in (cpus, 1)] + rows
 
-    base = rows[0]["samples_per_s"]
+    # Each Ray row is compared with the plain loop on the same number of cores.
+    plain_by_cores = {row["threads"]: row["samples_per_s"] for row in rows
+                      if row["variant"] == "plain"}
     for row in rows:
+        base = plain_by_cores[row["workers"] * row["threads"]]
         row.update(config=args.config, mouth_size=args.stage,
                    batch_size=config.stage(args.stage).batch_size,
-                   clip_len=config.data.clip_len,
+                   clip_len=config.data.clip_len, cores=row["workers"] * row["threads"],
                    vs_plain=row["samples_per_s"] / base,
                    overhead=1 - row["samples_per_s"] / base)
     print(f"\n{args.config}, stage {args.stage}, {args.steps} timed steps; "
           f"Ray started in {ray_init_s:.1f}s (once per pipeline, not per stage)\n")
-    print(markdown_table(rows, ["variant", "workers", "threads", "samples_per_s", "vs_plain",
-                                "overhead", "time_to_first_step_s"]))
+    print(markdown_table(rows, ["variant", "workers", "threads", "cores", "samples_per_s",
+                                "mean_samples_per_s", "vs_plain", "overhead",
+                                "time_to_first_step_s"]))
     write_json(args.out, {"ray_init_s": ray_init_s, "rows": rows})
 
 

@@ -20,6 +20,10 @@ WORKER_ENV = {
     # On a small, busy machine (2 cores, concurrent sweep trials) worker processes can take
     # longer than Ray Train's default 60 s to start; that is slowness, not failure.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    # The embedded Ray is one machine that nobody drains, so the preemption watcher has nothing
+    # to watch; it would be one more process waking 100 times a second (every Ray worker does)
+    # on a CPU the training threads already fill. Clusters keep Ray's default.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 
 
