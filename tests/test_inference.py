@@ -26,6 +26,7 @@ from dinet_platform.inference import (
     InferenceGenerator,
     OptimizeOptions,
     linear_share,
+    load_artifact,
     optimize,
     prepare_for_inference,
     quantize_static_int8,
@@ -34,6 +35,7 @@ from dinet_platform.inference import (
     synthetic_batch,
     synthetic_batches,
 )
+from dinet_platform.inference.fft_conv import FFTConv2d, is_fft_candidate
 from dinet_platform.inference.folding import count_batchnorms, fold_block, fold_conv_bn
 from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB
 from dinet_platform.models import DINet, DINetWithAttention
@@ -360,3 +362,48 @@ def test_artifacts_load_in_a_fresh_process_without_the_model_code(
     torch.testing.assert_close(results["structure"], expected["structure"], rtol=0, atol=1e-5)
     for got in (results["static_int8"], results["torch_only"]):  # int8: INT8_REPEAT_PSNR_DB
         assert psnr(got, expected["static_int8"]) >= INT8_REPEAT_PSNR_DB
+
+
+# -- large-kernel convolutions by FFT ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch,height,width,bias", [(1, 26, 20, True), (3, 13, 11, False)])
+def test_fft_conv_equals_the_direct_conv(batch, height, width, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 40, 11, padding=5, bias=bias).eval()
+    x = torch.randn(batch, 32, height, width)
+    with torch.no_grad():
+        expected, got = conv(x), FFTConv2d(conv)(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+
+
+def test_fft_conv_takes_only_the_shapes_it_is_faster_for():
+    assert is_fft_candidate(torch.nn.Conv2d(128, 128, 11, padding=5))
+    for conv in (torch.nn.Conv2d(128, 128, 7, padding=3),  # measured slower at 7x7
+                 torch.nn.Conv2d(128, 128, 11, padding=5, stride=2),
+                 torch.nn.Conv2d(128, 128, 11, padding=0),
+                 torch.nn.Conv2d(8, 128, 11, padding=5)):
+        assert not is_fft_candidate(conv)
+    with pytest.raises(ValueError, match="not an FFT-convertible conv"):
+        FFTConv2d(torch.nn.Conv2d(128, 128, 3, padding=1))
+
+
+def test_structure_mode_runs_the_alignment_convs_by_fft_and_exports(tmp_path: Path):
+    """At width 0.25 the alignment body has 32 channels, enough for FFT: ``structure`` swaps
+    its two 11x11 convs, stays within float rounding of fp32, and still exports."""
+    torch.manual_seed(0)
+    model = settle_batchnorm(DINet(width=0.25), synthetic_batches(MOUTH, 2, 2, seed=50))
+    engine = optimize(model, "structure")
+    swapped = [name for name, m in engine.backend.named_modules() if isinstance(m, FFTConv2d)]
+    assert swapped == ["alignment.body.0.conv", "alignment.body.1.conv"]
+    batch = synthetic_batch(MOUTH, 2, seed=7)
+    with torch.no_grad():
+        expected = model(batch.source, batch.references, batch.audio)
+    got = engine(batch.source, batch.references, batch.audio)
+    assert psnr(got, expected) > 80.0
+    info = save_artifact(engine, tmp_path / "fft", (batch.source, batch.audio, batch.references))
+    assert info.format == "export", info.fallback_reasons
+    loaded = load_artifact(tmp_path / "fft")
+    torch.testing.assert_close(loaded(batch.source, batch.references, batch.audio), got,
+                               rtol=0, atol=1e-5)

@@ -50,8 +50,8 @@ INT8_REPEAT_PSNR_DB = 45.0
 
 
 def tiny_state(config, shards: Path) -> dict:
+    torch.manual_seed(0)  # before the build: the weights must not depend on earlier tests
     generator = build_generator(config.model)
-    torch.manual_seed(0)
     settle_batchnorm(generator, real_batches(shards, config, MOUTH, count=3, skip=20))
     return {"generator": generator.state_dict(), "mouth_size": MOUTH,
             "config": config.model_dump(mode="json"), "epoch": 0, "metrics": {},

@@ -3,7 +3,8 @@
 Modes (each step alone, so the benchmark can attribute speed to it, and ``all`` combined):
 
 - ``fp32``: the original model, full network every frame (the baseline, "naive");
-- ``structure``: generation-only module, BatchNorms folded (:func:`prepare_for_inference`);
+- ``structure``: generation-only module, BatchNorms folded (:func:`prepare_for_inference`),
+  and on CPU the 11x11 convolutions computed by FFT (:mod:`~dinet_platform.inference.fft_conv`);
 - ``cache``: reference features encoded once per avatar, original model otherwise;
 - ``dynamic_int8``: ``quantize_dynamic`` on the Linear layers (all DINet has: see ``quantize``);
 - ``static_int8``: structure + int8 convolutions calibrated on ``calibration`` frames;
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from dinet_platform.inference.engine import InferenceEngine
+from dinet_platform.inference.fft_conv import use_fft_convolutions
 from dinet_platform.inference.quantize import (
     CalibrationBatch,
     Int8Scope,
@@ -102,6 +104,8 @@ class OptimizeOptions:
     """The composable switches behind the modes."""
 
     fold: bool = False
+    fft_conv: bool = False
+    """11x11 convs by FFT (CPU; needs ``fold``); convs quantized to int8 are left to int8."""
     cache_reference: bool = False
     dynamic_int8: bool = False
     static_int8: bool = False
@@ -118,16 +122,18 @@ class OptimizeOptions:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         return {
             "fp32": cls(),
-            "structure": cls(fold=True),
+            "structure": cls(fold=True, fft_conv=True),
             "cache": cls(cache_reference=True),
             "dynamic_int8": cls(dynamic_int8=True),
             "static_int8": cls(fold=True, static_int8=True),
             "compile": cls(compile=True),
-            "all": cls(fold=True, cache_reference=True, static_int8=True, compile=True),
+            "all": cls(fold=True, fft_conv=True, cache_reference=True, static_int8=True,
+                       compile=True),
         }[mode]
 
     def describe(self) -> str:
-        parts = [name for name in ("fold", "cache_reference", "dynamic_int8", "compile")
+        parts = [name for name in ("fold", "fft_conv", "cache_reference", "dynamic_int8",
+                                   "compile")
                  if getattr(self, name)]
         if self.static_int8:
             parts.append(f"static_int8[{self.int8_scope}]")
@@ -153,6 +159,7 @@ def optimize(
     dtype = torch.float32
 
     if device.type == "cuda":
+        options = replace(options, fft_conv=False)  # cuDNN picks its own conv algorithms
         if options.dynamic_int8:
             raise ValueError("dynamic int8 is a CPU kernel; on CUDA use static_int8/all (bf16)")
         if options.static_int8:  # int8 -> half precision on GPU, on the folded model
@@ -170,6 +177,10 @@ def optimize(
         backend = quantize_static_int8(backend, calibration, scope=options.int8_scope)
     if options.dynamic_int8:
         backend = quantize_dynamic_int8(backend)
+    if options.fft_conv:
+        if not isinstance(backend, InferenceGenerator):
+            raise ValueError("fft_conv needs fold=True (the folded InferenceGenerator)")
+        use_fft_convolutions(backend)
 
     backend = _place(backend, device, dtype)
     engine = InferenceEngine(
