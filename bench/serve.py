@@ -11,7 +11,8 @@ synthetic video's shards), uploads that video as an avatar, then:
   ``POST /v1/avatars/{id}/frames`` (``npy`` output) for ``--seconds``: frames/s, latency
   p50/p99, errors, and the mean Serve batch size the responses report;
 - ``in_process``: the same engine (``load_served_model``), same avatar and audio windows,
-  called directly at batch ``min(concurrency, max_batch_size) x frames-per-request``, the
+  with as many torch threads as the replica has CPUs (``--cpus-per-replica``), called
+  directly at batch ``min(concurrency, max_batch_size) x frames-per-request``, the
   batch Serve can form at that concurrency at best.
 
 ``overhead`` = 1 - serve fps / in-process fps at the same concurrency; ``batching_gain`` =
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 import tempfile
@@ -137,6 +139,9 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--cpus-per-replica", type=float, default=(os.cpu_count() or 1) - 0.1,
+                        help="the model replica's CPUs (its torch threads: rounded up); "
+                             "default all cores but the ingress's 0.1")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -176,6 +181,7 @@ def main() -> None:
                             "max_ongoing_requests": max(max_batch, 2 * max_batch),
                             "max_queued_requests": 4 * max(args.concurrency),
                             "batch_wait_timeout_s": 0.005,
+                            "cpus_per_replica": args.cpus_per_replica,
                             "avatar_dir": str(root / "avatars")},
                 "tracking": {"tracking_uri": client.tracking_uri}}
     rng = np.random.default_rng(0)
@@ -183,6 +189,7 @@ def main() -> None:
                          ).astype(np.float32)
 
     rows = []
+    torch.set_num_threads(max(1, math.ceil(args.cpus_per_replica)))  # the replica's threads
     start_local_ray(log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from typing import Any
 
 import numpy as np
+import torch
 from dinet_platform.config.schema import ServingConfig
 from dinet_platform.serving.app import AppState, create_app
 from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
@@ -42,6 +44,9 @@ class LipSyncModel:
 
     def __init__(self, settings: dict[str, Any]):
         config = ServeAppConfig.model_validate(settings)
+        # Ray gives an actor OMP_NUM_THREADS = floor(num_cpus); a replica reserving 1.9 of a
+        # 2-core node (the ingress takes the rest) should still compute on both cores.
+        torch.set_num_threads(max(1, math.ceil(config.serving.cpus_per_replica)))
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
         self.jobs = JobStore(jobs_dir(config.serving))

@@ -11,12 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import httpx
 import numpy as np
 import pytest
 import torch
 from dinet_platform.config import validate_config
 from dinet_platform.config.loader import ConfigError
+from dinet_platform.data.media import probe_video
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.models.factory import build_generator
 from dinet_platform.ray_runtime import free_port
@@ -95,6 +97,14 @@ def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
 
 
+def check(response, status, field, words=""):
+    """An API error: its status, the field it names and words of its message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field, error
+    assert words in error["message"], error
+
+
 @pytest.fixture(scope="module")
 def http(served):
     with httpx.Client(base_url=served["url"], headers=auth(), timeout=60) as client:
@@ -116,6 +126,35 @@ def avatar(http, synth_dir):
     body = response.json()
     assert body["mouth_size"] == MOUTH and body["frames"] == 40
     return body["avatar_id"]
+
+
+def test_avatar_from_five_frames_and_landmarks(served, http, synth_dir):
+    video = sorted(synth_dir.glob("*.mp4"))[0]
+    decoded = probe_video(video).frames
+    picks = [0, 8, 16, 24, 32]
+    rows = video.with_suffix(".csv").read_text().splitlines()
+    csv = "\n".join([rows[0]] + [rows[1 + i] for i in picks]).encode()
+
+    def png(frame: np.ndarray) -> bytes:
+        return cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+    files = [("frames", (f"f{i}.png", png(decoded[i]), "image/png")) for i in picks]
+    response = http.post("/v1/avatars", files=[*files, ("landmarks", ("l.csv", csv, "text/csv"))])
+    assert response.status_code == 201, response.text
+    avatar_id = response.json()["avatar_id"]
+    assert response.json()["frames"] == len(picks)
+    stored = AvatarStore(served["root"] / "avatars").load(avatar_id)
+    for index, pick in enumerate(picks):  # kept losslessly, each frame its own reference
+        np.testing.assert_array_equal(stored.frames[index], decoded[pick])
+    assert sorted(stored.reference_indices.tolist()) == list(range(len(picks)))
+    generated = frames_npy(http, avatar_id, features(3, 1), start=4)
+    assert generated.status_code == 200, generated.text
+    assert np.load(io.BytesIO(generated.content)).shape == (3, 104, 80, 3)
+
+    check(http.post("/v1/avatars", files=[*files[:2], ("frames", ("x.png", b"nope", "image/png"))]),
+          422, "frames", "frames part 2 is not a readable image")
+    check(http.post("/v1/avatars", files=[("video", (video.name, video.read_bytes(), "video/mp4")),
+                                          *files]), 422, "video", "exactly one")
 
 
 def features(n: int, seed: int) -> np.ndarray:
@@ -227,12 +266,6 @@ def test_auth_is_required_on_every_v1_route(served, avatar):
 
 
 def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, tmp_path):
-    def check(response, status, field, words=""):
-        assert response.status_code == status, response.text
-        error = response.json()["error"]
-        assert error["field"] == field, error
-        assert words in error["message"], error
-
     url = f"/v1/avatars/{avatar}/frames"
     check(http.post("/v1/avatars/" + "0" * 32 + "/frames", json={"features": [[0] * 29]}),
           404, "avatar_id")

@@ -182,3 +182,36 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     if samples.size == 0:
         raise MediaError(f"audio stream of {path.name} has no samples")
     return samples
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """An RGB ``uint8`` frame from PNG/JPEG/... bytes; :class:`MediaError` naming ``name`` if
+    the bytes are not an image."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise MediaError(f"{name} is not a readable image (PNG, JPEG, ...)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_lossless_video(frames: list[np.ndarray], path: str | Path, fps: int) -> Path:
+    """Frames (RGB ``uint8``, one size) as an FFV1 video at ``fps``: decoding it gives the same
+    pixels back, so a set of still frames can go wherever a video is expected."""
+    if not frames:
+        raise MediaError("no frames to write")
+    height, width = frames[0].shape[:2]
+    for index, frame in enumerate(frames):
+        if frame.shape != (height, width, 3):
+            raise MediaError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first is "
+                             f"{width}x{height}: all frames must have one size")
+    path = Path(path)
+    with av.open(str(path), "w", format="matroska") as container:
+        stream = container.add_stream("ffv1", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "bgr0"
+        for frame in frames:
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(
+                format="bgr0")
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path

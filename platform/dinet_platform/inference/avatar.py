@@ -36,7 +36,12 @@ import torch
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data.crops import CropError, CropTrack, cut_crop, plan_crops
 from dinet_platform.data.landmarks import LandmarkError, video_landmarks
-from dinet_platform.data.media import MediaError, probe_video, resample_indices
+from dinet_platform.data.media import (
+    MediaError,
+    probe_video,
+    resample_indices,
+    write_lossless_video,
+)
 from dinet_platform.geometry import CropGeometry, crop_geometry, mouth_mask
 from dinet_platform.inference.blend import (
     DEFAULT_FEATHER,
@@ -76,7 +81,8 @@ def file_digest(*paths: Path | None) -> str:
 
 @dataclass
 class Avatar:
-    """A face video at one mouth size (see the module doc). Build with :meth:`from_video`."""
+    """A face video at one mouth size (see the module doc). Build with :meth:`from_video` or,
+    from a few still frames, :meth:`from_images`."""
 
     mouth_size: int
     fps: int
@@ -153,6 +159,30 @@ class Avatar:
             content_hash=digest,
             feather=feather,
         )
+
+    @classmethod
+    def from_images(
+        cls,
+        images: list[np.ndarray],
+        folder: str | Path,
+        *,
+        mouth_size: int,
+        data: DataConfig | None = None,
+        landmarks: str | Path | None = None,
+        feather: float = DEFAULT_FEATHER,
+    ) -> Avatar:
+        """An avatar from still frames of the face (typically its five reference photos, RGB
+        ``uint8``, one size), with ``landmarks`` an OpenFace CSV of one row per image (else
+        faces are detected). The frames become a lossless video in ``folder``, which must
+        exist until the avatar is saved; from there it is :meth:`from_video`. Each image's
+        crop is placed on its own landmarks (no smoothing across unrelated photos)."""
+        data = (data or DataConfig()).model_copy(update={"crop_smoothing_frames": 1})
+        try:
+            video = write_lossless_video(images, Path(folder) / "frames.mkv", data.fps)
+        except MediaError as exc:
+            raise AvatarError(f"frames: {exc}") from None
+        return cls.from_video(video, mouth_size=mouth_size, data=data, landmarks=landmarks,
+                              feather=feather)
 
     # ------------------------------------------------------------------ engine inputs
 

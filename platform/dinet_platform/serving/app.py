@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from ray.serve.exceptions import BackPressureError
 
 from dinet_platform.config.schema import DataConfig
+from dinet_platform.data.media import MediaError, decode_image
 from dinet_platform.inference.avatar import Avatar, AvatarError
 from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid
@@ -33,8 +34,8 @@ from dinet_platform.serving.jobs import JobNotFound, JobStore
 from dinet_platform.serving.settings import ServeAppConfig
 from dinet_platform.serving.uploads import (
     frames_request,
+    receive_avatar,
     receive_dub,
-    receive_video,
 )
 
 INFO_TTL_S = 2.0
@@ -142,29 +143,41 @@ def create_app() -> FastAPI:
     @app.post("/v1/avatars", status_code=201)
     async def create_avatar(request: Request) -> dict[str, Any]:
         """An avatar from a reference video of the face: ``multipart/form-data`` with a
-        ``video`` file and optionally ``landmarks`` (an OpenFace CSV, one row per video
-        frame; without it faces are detected), or the raw video as the body
-        (``Content-Type: video/mp4``). Returns the ``avatar_id`` for ``/frames``."""
+        ``video`` file, or still images of the face as repeated ``frames`` file parts (PNG or
+        JPEG, one size; typically its five reference photos), and optionally ``landmarks`` (an
+        OpenFace CSV, one row per video frame or image; without it faces are detected); or
+        the raw video as the body (``Content-Type: video/mp4``). Returns the ``avatar_id``
+        for ``/frames``."""
         st = state(request)
         model = await st.served()
         with tempfile.TemporaryDirectory(prefix="dinet-avatar-") as tmp:
-            video, landmarks = await receive_video(request, body_limit(st), Path(tmp))
+            upload = await receive_avatar(request, body_limit(st), Path(tmp))
             data = DataConfig.model_validate(model["data"])
             serving = st.settings.serving
+            source = "video" if upload.video else "frames"
 
             def build() -> tuple[str, int]:
-                avatar = Avatar.from_video(video, mouth_size=model["mouth_size"], data=data,
-                                           landmarks=landmarks,
-                                           max_bytes=serving.max_request_bytes * 64)
+                if upload.video:
+                    avatar = Avatar.from_video(upload.video, mouth_size=model["mouth_size"],
+                                               data=data, landmarks=upload.landmarks,
+                                               max_bytes=serving.max_request_bytes * 64)
+                else:
+                    try:
+                        images = [decode_image(path.read_bytes(), f"frames part {i}")
+                                  for i, path in enumerate(upload.frames)]
+                    except MediaError as exc:
+                        raise invalid("frames", str(exc)) from None
+                    avatar = Avatar.from_images(images, tmp, mouth_size=model["mouth_size"],
+                                                data=data, landmarks=upload.landmarks)
                 if avatar.num_frames > serving.max_avatar_video_frames:
-                    raise ApiError(413, "video", f"{avatar.num_frames} frames; avatars are "
+                    raise ApiError(413, source, f"{avatar.num_frames} frames; avatars are "
                                    f"limited to {serving.max_avatar_video_frames}")
                 return st.store.save(avatar), avatar.num_frames
 
             try:
                 avatar_id, frames = await asyncio.to_thread(build)
             except AvatarError as exc:
-                field = "landmarks" if "landmarks" in str(exc) and landmarks else "video"
+                field = "landmarks" if "landmarks" in str(exc) and upload.landmarks else source
                 raise invalid(field, str(exc)) from None
         return {"avatar_id": avatar_id, "frames": frames, "mouth_size": model["mouth_size"],
                 "model_version": model["version"]}

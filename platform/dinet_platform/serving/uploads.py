@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,29 +96,53 @@ VIDEO_SUFFIXES = {"video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": 
                   "video/x-matroska": ".mkv", "video/avi": ".avi", "video/x-msvideo": ".avi"}
 
 
-async def receive_video(request: Request, limit: int, folder: Path
-                        ) -> tuple[Path, Path | None]:
-    """The uploaded video (and landmarks CSV) written to ``folder``."""
+MAX_AVATAR_IMAGES = 64
+
+
+@dataclass
+class AvatarUpload:
+    """What ``POST /v1/avatars`` received, written to a folder: a ``video``, or still
+    ``frames`` (image files, in upload order); optionally an OpenFace ``landmarks`` CSV."""
+
+    video: Path | None = None
+    frames: list[Path] = field(default_factory=list)
+    landmarks: Path | None = None
+
+
+async def receive_avatar(request: Request, limit: int, folder: Path) -> AvatarUpload:
+    """The uploaded video or frames (and landmarks CSV) written to ``folder``."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind.startswith("video/"):
         video = folder / ("upload" + VIDEO_SUFFIXES.get(kind, ".mp4"))
         video.write_bytes(await read_body(request, limit))
-        return video, None
+        return AvatarUpload(video=video)
     if kind != "multipart/form-data":
-        raise ApiError(415, "Content-Type", "send multipart/form-data (video, landmarks) or a "
-                                            f"raw video/* body, got {kind!r}")
-    async with request.form(max_files=2, max_fields=4, max_part_size=limit) as form:
-        upload = form.get("video")
-        if upload is None or isinstance(upload, str):
-            raise invalid("video", "required: the reference video as a file part")
-        suffix = Path(upload.filename or "video.mp4").suffix.lower() or ".mp4"
-        video = folder / ("upload" + suffix)
-        video.write_bytes(await upload.read())
-        landmarks = None
+        raise ApiError(415, "Content-Type", "send multipart/form-data (video or frames, "
+                                            f"landmarks) or a raw video/* body, got {kind!r}")
+    upload = AvatarUpload()
+    async with request.form(max_files=MAX_AVATAR_IMAGES + 2, max_fields=4,
+                            max_part_size=limit) as form:
+        video, frames = form.get("video"), form.getlist("frames")
+        if (video is None) == (not frames):
+            raise invalid("video", "required: exactly one of a 'video' file or still images "
+                                   "as repeated 'frames' file parts (e.g. five reference photos)")
+        if video is not None:
+            if isinstance(video, str):
+                raise invalid("video", "must be a file part (the reference video)")
+            suffix = Path(video.filename or "video.mp4").suffix.lower() or ".mp4"
+            upload.video = folder / ("upload" + suffix)
+            upload.video.write_bytes(await video.read())
+        if len(frames) > MAX_AVATAR_IMAGES:
+            raise ApiError(413, "frames", f"{len(frames)} images; at most {MAX_AVATAR_IMAGES}")
+        for index, part in enumerate(frames):
+            if isinstance(part, str):
+                raise invalid("frames", f"part {index} must be an image file, not a text field")
+            upload.frames.append(folder / f"frame_{index:03d}")
+            upload.frames[-1].write_bytes(await part.read())
         part = form.get("landmarks")
         if part is not None:
             if isinstance(part, str):
                 raise invalid("landmarks", "must be a file part (OpenFace CSV)")
-            landmarks = folder / "landmarks.csv"
-            landmarks.write_bytes(await part.read())
-    return video, landmarks
+            upload.landmarks = folder / "landmarks.csv"
+            upload.landmarks.write_bytes(await part.read())
+    return upload
