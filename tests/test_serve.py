@@ -350,17 +350,21 @@ def test_hot_swap_under_load_fails_no_request(served, http, avatar):
     workers = [threading.Thread(target=loop) for _ in range(3)]
     for worker in workers:
         worker.start()
+    def served_by(version: int) -> int:
+        return sum(v == str(version) for _, v in results)
+
+    def wait_until(condition, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     try:
-        time.sleep(1.0)
+        wait_until(lambda: served_by(served["v1"]) >= 3)  # the clients are looping
         move_alias(served["client"], "dinet", "production", served["v2"])
         reload = http.post("/v1/admin/reload")
         assert reload.status_code == 200, reload.text
         assert reload.json()["changed"] is True
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(
-                v == str(served["v2"]) for _, v in results[-3:]):
-            time.sleep(0.2)
-        time.sleep(1.0)
+        wait_until(lambda: served_by(served["v2"]) >= 6)  # and keep going on the new model
     finally:
         stop.set()
         for worker in workers:
