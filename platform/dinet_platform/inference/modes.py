@@ -116,6 +116,12 @@ class OptimizeOptions:
     (Inductor codegen takes a minute or more on 2 cores)."""
     half_dtype: HalfDtype = "bf16"
 
+    def __post_init__(self) -> None:
+        # Both rewrite the folded InferenceGenerator's stages; DINet itself has neither.
+        for name in ("static_int8", "fft_conv"):
+            if getattr(self, name) and not self.fold:
+                raise ValueError(f"{name} needs fold=True (the folded InferenceGenerator)")
+
     @classmethod
     def for_mode(cls, mode: Mode) -> OptimizeOptions:
         if mode not in MODES:
@@ -172,14 +178,10 @@ def optimize(
     if options.static_int8:
         if calibration is None:
             raise ValueError("static int8 needs calibration frames (calibration=...)")
-        if not isinstance(backend, InferenceGenerator):
-            raise ValueError("static int8 needs fold=True (the folded InferenceGenerator)")
         backend = quantize_static_int8(backend, calibration, scope=options.int8_scope)
     if options.dynamic_int8:
         backend = quantize_dynamic_int8(backend)
     if options.fft_conv:
-        if not isinstance(backend, InferenceGenerator):
-            raise ValueError("fft_conv needs fold=True (the folded InferenceGenerator)")
         use_fft_convolutions(backend)
 
     backend = _place(backend, device, dtype)
