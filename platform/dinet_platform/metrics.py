@@ -44,6 +44,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     weights = mask.to(values.dtype).expand_as(values)
     return (values * weights).flatten(1).sum(dim=1) / weights.flatten(1).sum(dim=1)
 
+PSNR_CAP_DB = 100.0
+"""Where an identical-image PSNR (``inf``) is logged or stored: MLflow stores no infinity."""
+
 
 def psnr(
     pred: torch.Tensor,

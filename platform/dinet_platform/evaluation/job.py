@@ -45,6 +45,7 @@ from dinet_platform.evaluation.sync_expert import (
     save_sync_expert,
     train_sync_expert,
 )
+from dinet_platform.metrics import PSNR_CAP_DB
 from dinet_platform.models.syncnet import SyncNet
 from dinet_platform.paths import dinet_home
 from dinet_platform.tracking import (
@@ -61,8 +62,6 @@ from dinet_platform.tracking import (
 )
 from dinet_platform.training.stage import default_shards
 
-PSNR_CAP_DB = 100.0
-"""MLflow stores no infinity: an identical-image PSNR is logged as this (as in validation)."""
 EVAL_TAG_PREFIX = "dinet.eval."
 SYNC_ALIAS = "production"
 

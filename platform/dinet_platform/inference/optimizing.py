@@ -107,7 +107,7 @@ def optimize_reference(
         artifact_psnr=measure_psnr(reloaded, engine, batches[:1]),
         tolerance_db=MIN_PSNR_DB.get(mode))
     if register is not None:
-        from dinet_platform.registry.store import register_optimized
+        from dinet_platform.registry.optimized import register_optimized
 
         outcome.registered = register_optimized(
             register, client, target, mode=mode, psnr_vs_fp32=psnr, mouth_size=info.mouth_size,

@@ -20,7 +20,6 @@ refused before the registry is touched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import time
@@ -48,7 +47,6 @@ from dinet_platform.tracking import (
     DATA_HASH_TAG,
     KIND_TAG,
     PARENT_TAG,
-    experiment_id,
     get_run,
     resolve_checkpoint,
 )
@@ -68,7 +66,7 @@ def previous_alias(alias: str) -> str:
     return "previous" if alias == PRODUCTION else f"previous-{alias}"
 
 
-def _stamp() -> str:
+def registry_stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -114,7 +112,7 @@ def move_alias(client: MlflowClient, name: str, alias: str, version: int) -> int
     return holder
 
 
-def _tag(value: Any) -> str:
+def tag_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text if len(text) <= TAG_LIMIT else text[: TAG_LIMIT - 3] + "..."
 
@@ -174,7 +172,7 @@ def register_model(
         raise ValueError(f"stage run {stage_run.info.run_id} has not finished "
                          f"({stage_run.info.status}): nothing final to register")
     run_id = stage_run.info.run_id
-    for version in _versions(client, name):
+    for version in all_versions(client, name):
         if version.tags.get(SOURCE_RUN_TAG) == run_id:
             console.print(f"stage run {run_id} is already registered as {name} version "
                           f"{version.version}")
@@ -196,7 +194,7 @@ def register_model(
     tags = {
         SOURCE_RUN_TAG: run_id,
         "dinet.pipeline_run": stage_run.data.tags.get(PARENT_TAG, ""),
-        "dinet.config": _tag(dump_config(model_config)),
+        "dinet.config": tag_text(dump_config(model_config)),
         "dinet.data_hash": _data_hash(client, stage_run, model_config),
         "dinet.git_commit": git_commit(),
         "dinet.stages": ",".join(str(s.mouth_size) for s in model_config.stages),
@@ -204,7 +202,7 @@ def register_model(
         "dinet.variant": model_config.model.variant,
         "dinet.width": str(model_config.model.width),
         "dinet.registered_by": who(),
-        "dinet.registered_at": _stamp(),
+        "dinet.registered_at": registry_stamp(),
         **_metric_tags(metrics),
     }
     if evaluation is not None:
@@ -220,7 +218,7 @@ def register_model(
     return RegistrationOutcome(name, number, False, run_id, metrics, evaluation)
 
 
-def _versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
     try:
         return list(client.search_model_versions(f"name='{name}'"))
     except MlflowException:
@@ -279,7 +277,7 @@ def promote(
     prefix = f"dinet.gates.{alias}"
     verdict = "passed" if passed else ("forced" if force else "refused")
     client.set_model_version_tag(name, str(version), prefix, verdict)
-    client.set_model_version_tag(name, str(version), f"{prefix}.detail", _tag(summary(gates)))
+    client.set_model_version_tag(name, str(version), f"{prefix}.detail", tag_text(summary(gates)))
     client.set_model_version_tag(name, str(version), f"{prefix}.eval_run", evaluation.run_id)
     client.set_model_version_tag(name, str(version), f"{prefix}.holder", str(holder or ""))
     if not passed and not force:
@@ -287,12 +285,12 @@ def promote(
     move_alias(client, name, alias, version)
     record = {
         f"dinet.promoted.{alias}.by": who(),
-        f"dinet.promoted.{alias}.at": _stamp(),
+        f"dinet.promoted.{alias}.at": registry_stamp(),
         f"dinet.promoted.{alias}.from_version": str(holder or ""),
         f"dinet.promoted.{alias}.forced": str(bool(force and not passed)).lower(),
     }
     if force and not passed:
-        record[f"dinet.promoted.{alias}.reason"] = _tag(reason)
+        record[f"dinet.promoted.{alias}.reason"] = tag_text(reason)
     for key, value in record.items():
         client.set_model_version_tag(name, str(version), key, value)
     return PromotionOutcome(name, version, alias, holder, True, force and not passed, gates,
@@ -332,9 +330,9 @@ def rollback(
     client.set_registered_model_alias(name, target_alias, str(current))
     record = {
         f"dinet.rollback.{alias}.by": who(),
-        f"dinet.rollback.{alias}.at": _stamp(),
+        f"dinet.rollback.{alias}.at": registry_stamp(),
         f"dinet.rollback.{alias}.from_version": str(current),
-        f"dinet.rollback.{alias}.reason": _tag(reason or ""),
+        f"dinet.rollback.{alias}.reason": tag_text(reason or ""),
     }
     for key, value in record.items():
         client.set_model_version_tag(name, str(previous), key, value)
@@ -351,7 +349,7 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         aliases = dict(client.get_registered_model(name).aliases)
     except MlflowException:
         return rows
-    for version in sorted(_versions(client, name), key=lambda v: -int(v.version)):
+    for version in sorted(all_versions(client, name), key=lambda v: -int(v.version)):
         tags = version.tags
         rows.append({
             "version": int(version.version),
@@ -366,92 +364,3 @@ def list_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
                       if k.startswith("dinet.gates.") and k.count(".") == 2},
         })
     return rows
-
-
-# --------------------------------------------------------------------------- optimized
-
-
-OPTIMIZED_ARTIFACT = "optimized_model"
-OPTIMIZATION_PREFIX = "dinet.optimization."
-PSNR_CAP_DB = 100.0
-
-
-@dataclass
-class OptimizedRegistration:
-    name: str
-    version: int
-    run_id: str
-    existed: bool = False
-
-
-def register_optimized(
-    config: DINetConfig,
-    client: MlflowClient,
-    directory: str | Path,
-    *,
-    mode: str,
-    psnr_vs_fp32: float,
-    mouth_size: int,
-    source: str,
-    source_version: int | None = None,
-    details: dict[str, Any] | None = None,
-) -> OptimizedRegistration:
-    """Register an optimized inference directory (``dinet optimize``: torch.export/TorchScript
-    programs + JSON/YAML, nothing pickled) as a new version of
-    ``tracking.registered_model``, tagged ``dinet.optimization.{mode, psnr_vs_fp32,
-    source_version, source}``. The directory is logged to a finished ``optimization`` run
-    (the version's source run, which also records the PSNR as a metric). No alias is moved.
-    Registering the same optimization again (same source, mode, engine and calibration data,
-    ``details["calibration_data"]``) returns the existing version (``existed``). Neither the
-    programs' bytes (TorchScript mangles names per process) nor the measured PSNR (int8
-    calibration ranges move with float summation order under threading: ~0.3 dB between
-    runs) can serve as the key."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ValueError(f"optimized model directory {directory} does not exist")
-    name = config.tracking.registered_model
-    psnr_text = "inf" if psnr_vs_fp32 == float("inf") else f"{psnr_vs_fp32:.4f}"
-    engine = str((details or {}).get("engine", ""))
-    data = str((details or {}).get("calibration_data", ""))
-    identity = hashlib.sha256(f"{source}|{mode}|{engine}|{data}".encode()).hexdigest()[:32]
-    for existing in _versions(client, name):
-        if existing.tags.get(f"{OPTIMIZATION_PREFIX}key") == identity:
-            return OptimizedRegistration(name, int(existing.version), existing.run_id or "", True)
-    source_tags: dict[str, str] = {}
-    if source_version is not None:
-        source_tags = dict(require_version(client, name, source_version).tags)
-    run = client.create_run(
-        experiment_id(client, config.tracking.experiment), run_name=f"optimize-{mode}",
-        tags={KIND_TAG: "optimization", f"{OPTIMIZATION_PREFIX}mode": mode,
-              f"{OPTIMIZATION_PREFIX}source": source},
-    )
-    run_id = run.info.run_id
-    try:
-        client.log_metric(run_id, "psnr_vs_fp32", min(psnr_vs_fp32, PSNR_CAP_DB))
-        for key, value in (details or {}).items():
-            client.set_tag(run_id, f"{OPTIMIZATION_PREFIX}{key}", _tag(value))
-        client.log_artifacts(run_id, str(directory), OPTIMIZED_ARTIFACT)
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
-    carried = ("dinet.config", "dinet.data_hash", "dinet.stages", "dinet.variant", "dinet.width")
-    tags = {
-        **{key: source_tags[key] for key in carried if key in source_tags},
-        f"{OPTIMIZATION_PREFIX}mode": mode,
-        f"{OPTIMIZATION_PREFIX}psnr_vs_fp32": psnr_text,
-        f"{OPTIMIZATION_PREFIX}source_version": str(source_version or ""),
-        f"{OPTIMIZATION_PREFIX}source": source,
-        f"{OPTIMIZATION_PREFIX}key": identity,
-        SOURCE_RUN_TAG: run_id,
-        "dinet.mouth_size": str(mouth_size),
-        "dinet.git_commit": git_commit(),
-        "dinet.registered_by": who(),
-        "dinet.registered_at": _stamp(),
-    }
-    ensure_registered_model(client, name)
-    version = client.create_model_version(
-        name, f"runs:/{run_id}/{OPTIMIZED_ARTIFACT}", run_id=run_id, tags=tags,
-        description=f"{mode} optimization of {source} (mouth {mouth_size}, PSNR vs fp32 "
-                    f"{psnr_text} dB); loads with torch alone")
-    return OptimizedRegistration(name, int(version.version), run_id)

@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 
 from dinet_platform.geometry import Box
-from dinet_platform.metrics import psnr, ssim
+from dinet_platform.metrics import PSNR_CAP_DB, psnr, ssim
 from dinet_platform.models.syncnet import SyncNet, clip_audio_track
 
-PSNR_CAP_DB = 100.0
 METRICS = ("l1", "mouth_psnr", "mouth_ssim", "temporal_error")
 
 
