@@ -344,6 +344,12 @@ def test_artifacts_load_in_a_fresh_process_without_the_model_code(
         info = save_artifact(engine, tmp_path / name, example)
         assert info.format == ("export" if name == "structure" else "trace"), info
         artifacts[name] = str(tmp_path / name)
+        # each program holds only its own side's weights: together about the model's bytes
+        # (weights twice would be >= 2x), plus the programs' code
+        weights = io.BytesIO()
+        torch.save(engine.backend.state_dict(), weights)
+        stored = sum(f.stat().st_size for f in (tmp_path / name).iterdir())
+        assert stored < 1.6 * weights.tell(), (name, stored, weights.tell())
         expected[name] = engine.generate(source, audio, engine.encode_reference(references))
     # saving over an existing artifact replaces it (trace: the quick format)
     assert save_artifact(variants["structure"], tmp_path / "again", example,
@@ -404,6 +410,9 @@ def test_structure_mode_runs_the_alignment_convs_by_fft_and_exports(tmp_path: Pa
     assert psnr(got, expected) > 80.0
     info = save_artifact(engine, tmp_path / "fft", (batch.source, batch.audio, batch.references))
     assert info.format == "export", info.fallback_reasons
+    # the artifact holds direct convs (a program cannot keep the per-size spectrum cache);
+    # the engine it was saved from keeps its FFT convs
+    assert [n for n, m in engine.backend.named_modules() if isinstance(m, FFTConv2d)] == swapped
     loaded = load_artifact(tmp_path / "fft")
     torch.testing.assert_close(loaded(batch.source, batch.references, batch.audio), got,
                                rtol=0, atol=1e-5)

@@ -23,12 +23,13 @@ imports nothing from ``dinet_platform.models``.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from dinet_platform.inference.engine import InferenceEngine
+from dinet_platform.inference.fft_conv import FFTConv2d, use_direct_convolutions
 
 ArtifactFormat = Literal["export", "script", "trace"]
 FORMATS: tuple[ArtifactFormat, ...] = ("export", "script", "trace")
@@ -99,10 +101,40 @@ def _uncompiled(module: nn.Module) -> nn.Module:
     return module
 
 
+def _deployable(backend: nn.Module) -> nn.Module:
+    """``backend`` without ``torch.compile`` wrappers and with FFT convs back to direct ones
+    (copied first if it has FFT convs: the caller's engine keeps them)."""
+    backend = _uncompiled(backend).eval()
+    if any(isinstance(m, FFTConv2d) for m in backend.modules()):
+        backend = copy.deepcopy(backend)
+        use_direct_convolutions(backend)
+    return backend
+
+
+def _only_what_runs(backend: nn.Module, call: Callable[[nn.Module], object]) -> nn.Module:
+    """A shallow copy of ``backend`` whose top-level children that ``call(backend)`` never
+    runs are replaced by ``nn.Identity``: each program file then holds only its own weights
+    (``encode_reference`` the reference side, ``generate`` the rest) instead of all of them."""
+    owner = {m: name for name, child in backend.named_children() for m in child.modules()}
+    used: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda m, _: used.add(owner[m])) for m in owner]
+    try:
+        with torch.no_grad():
+            call(backend)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pruned = copy.copy(backend)
+    pruned._modules = {name: child if name in used else nn.Identity()
+                       for name, child in backend._modules.items()}
+    return pruned
+
+
 def _export(program: nn.Module, args: tuple[torch.Tensor, ...], target: Path) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in args)  # one batch size shared by all inputs
     exported = torch.export.export(program, args, dynamic_shapes=dynamic, strict=False)
+    exported.example_inputs = None  # else saved with the program: frames nobody needs
     torch.export.save(exported, target)
 
 
@@ -139,14 +171,16 @@ def save_artifact(
     source, audio, references = (t.detach().cpu().float() for t in example)
     if source.shape[0] < 2:
         raise ValueError("export example needs batch >= 2 (batch 1 would be baked in)")
-    backend = _uncompiled(backend).eval()
+    backend = _deployable(backend)
     with torch.no_grad():
         features = tuple(t.contiguous() for t in backend.encode_reference(references))
     if len(features) != 2:
         raise ValueError(f"expected 2 reference feature tensors, the backend gave {len(features)}")
+    encode = _only_what_runs(backend, lambda b: b.encode_reference(references))
+    generate = _only_what_runs(backend, lambda b: b.generate(source, audio, *features))
     programs: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {
-        "encode_reference": (_EncodeProgram(backend), (references,)),
-        "generate": (_GenerateProgram(backend), (source, audio, *features)),
+        "encode_reference": (_EncodeProgram(encode), (references,)),
+        "generate": (_GenerateProgram(generate), (source, audio, *features)),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

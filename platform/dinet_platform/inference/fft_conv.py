@@ -86,6 +86,18 @@ class FFTConv2d(nn.Module):
             out = out + self.bias[:, None, None]
         return out
 
+    def to_direct(self) -> nn.Conv2d:
+        """The equivalent direct ``nn.Conv2d`` (for deployment artifacts: a traced or exported
+        program cannot keep a per-size cache, and baking the spectrum in would store ~10x the
+        weight's bytes)."""
+        out_channels, in_channels, kh, kw = self.weight.shape
+        conv = nn.Conv2d(in_channels, out_channels, (kh, kw), padding=self.radius,
+                         bias=self.bias is not None)
+        conv.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=False)
+        if self.bias is not None:
+            conv.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        return conv.to(self.weight.device).eval()
+
     def extra_repr(self) -> str:
         out_channels, in_channels, kh, kw = self.weight.shape
         return f"{in_channels}, {out_channels}, kernel_size=({kh}, {kw})"
@@ -98,4 +110,12 @@ def use_fft_convolutions(model: nn.Module) -> int:
     targets = [name for name, module in model.named_modules() if is_fft_candidate(module)]
     for name in targets:
         model.set_submodule(name, FFTConv2d(model.get_submodule(name)))
+    return len(targets)
+
+
+def use_direct_convolutions(model: nn.Module) -> int:
+    """Undo :func:`use_fft_convolutions` in place; returns how many convs were swapped back."""
+    targets = [name for name, module in model.named_modules() if isinstance(module, FFTConv2d)]
+    for name in targets:
+        model.set_submodule(name, model.get_submodule(name).to_direct())
     return len(targets)
