@@ -47,3 +47,15 @@ def test_submission_without_the_token_is_refused(ray_head, tmp_path):
     )
     assert result.returncode != 0
     assert "token" in (result.stdout + result.stderr).lower()
+
+
+def test_a_local_tracking_store_is_forwarded_with_a_warning_and_a_server_without():
+    from dinet_platform.training.submit import job_environment
+    from rich.console import Console
+
+    for uri, warned in [("sqlite:////tmp/mlflow.db", True), ("http://head:5000", False)]:
+        console = Console(record=True, width=300)
+        env = job_environment({"MLFLOW_TRACKING_URI": uri, "DINET_HOME": "/shared/dinet",
+                               "UNRELATED": "x"}, console)
+        assert env == {"MLFLOW_TRACKING_URI": uri, "DINET_HOME": "/shared/dinet"}
+        assert ("is a local store" in console.export_text()) is warned

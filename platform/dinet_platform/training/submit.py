@@ -34,6 +34,25 @@ AGENT_WAIT_S = 120
 
 
 CONFIG_VARIABLE = "DINET_CONFIG"
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+
+
+def job_environment(environ: dict[str, str] | os._Environ, console: Console) -> dict[str, str]:
+    """What every job gets from the submitter's environment: the tracking store and home.
+
+    A local MLflow store (a SQLite file or a directory) is forwarded too -- on shared storage
+    that is a working setup -- but the jobs write to that path *on the cluster's nodes*, which
+    is rarely what the submitter means, so say so."""
+    forwarded = {k: environ[k] for k in FORWARDED_ENV if environ.get(k)}
+    uri = forwarded.get("MLFLOW_TRACKING_URI")
+    if uri is not None and not uri.startswith(SERVER_SCHEMES):
+        console.print(
+            f"[yellow]warning:[/] MLFLOW_TRACKING_URI={uri} is a local store: the cluster's jobs "
+            "will write to that path on the cluster's nodes. Unless it is on storage shared "
+            "with this machine, set MLFLOW_TRACKING_URI to the cluster's `mlflow server` "
+            "(http://HEAD:5000) to see the runs here."
+        )
+    return forwarded
 
 
 def stage_command(mouth_size: int, init_from: str | None, shards: str | None) -> list[str]:
@@ -78,7 +97,7 @@ def submit_job(
     # the library code that was submitted, not whatever version the cluster image holds.
     env_vars = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
                 "PYTHONPATH": "platform"}
-    env_vars.update({k: os.environ[k] for k in FORWARDED_ENV if k in os.environ})
+    env_vars.update(job_environment(os.environ, console))
     env_vars.update(env or {})
     client = JobSubmissionClient(address)
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
