@@ -16,7 +16,8 @@ default ``appearance`` scope). For each mouth size and batch:
 - ``peak_rss_mb``: in a fresh subprocess per variant, the build is done, the peak-RSS counter
   is reset (``/proc/self/clear_refs``), then inference runs: weights + runtime + activations
   of a serving process, without the build's transients (calibration, the fp32 model).
-- ``model_bytes``: serialized ``state_dict`` size (int8 weights are packed int8).
+- ``model_bytes``: serialized ``state_dict`` size (int8 weights are packed int8; ``all``'s
+  float stages keep int8/fp16 weights, see ``inference.weight_storage``).
 - ``psnr_vs_fp32``: output PSNR (peak 1.0) against the naive model's output on the same frames.
 
 Without ``--weights`` the model is a random initialisation whose BatchNorm statistics are

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 MIN_KERNEL = 11
 MIN_CHANNELS = 32
@@ -65,11 +66,13 @@ class FFTConv2d(nn.Module):
         self.radius = (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
         self._spectra: dict[tuple, torch.Tensor] = {}
 
-    def _weight_spectrum(self, size: tuple[int, int]) -> torch.Tensor:
-        key = (size, self.weight.device, self.weight.dtype)
+    def _weight_spectrum(self, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        # Keyed without reading self.weight: with int8/fp16 storage (weight_storage) every
+        # read converts the whole weight.
+        key = (size, like.device, like.dtype)
         if key not in self._spectra:
             # Correlation (what conv2d computes) is convolution with the flipped kernel.
-            flipped = torch.flip(self.weight, (-2, -1))
+            flipped = torch.flip(self.weight.to(like.dtype), (-2, -1))
             spectrum = torch.fft.rfft2(flipped, s=size)  # (out, in, H, W/2+1)
             self._spectra[key] = spectrum.permute(2, 3, 1, 0).contiguous()  # (H, W', in, out)
         return self._spectra[key]
@@ -79,7 +82,7 @@ class FFTConv2d(nn.Module):
         height, width = x.shape[-2:]
         size = (height + 2 * ry, width + 2 * rx)
         spectrum = torch.fft.rfft2(F.pad(x, (rx, rx, ry, ry)), s=size)  # (B, in, H, W')
-        product = torch.matmul(spectrum.permute(2, 3, 0, 1), self._weight_spectrum(size))
+        product = torch.matmul(spectrum.permute(2, 3, 0, 1), self._weight_spectrum(size, x))
         out = torch.fft.irfft2(product.permute(2, 3, 0, 1), s=size)
         out = out[..., 2 * ry: 2 * ry + height, 2 * rx: 2 * rx + width]
         if self.bias is not None:
@@ -90,13 +93,17 @@ class FFTConv2d(nn.Module):
         """The equivalent direct ``nn.Conv2d`` (for deployment artifacts: a traced or exported
         program cannot keep a per-size cache, and baking the spectrum in would store ~10x the
         weight's bytes)."""
-        out_channels, in_channels, kh, kw = self.weight.shape
+        weight = self.weight.detach()
+        out_channels, in_channels, kh, kw = weight.shape
         conv = nn.Conv2d(in_channels, out_channels, (kh, kw), padding=self.radius,
                          bias=self.bias is not None)
-        conv.weight = nn.Parameter(self.weight.detach().clone(), requires_grad=False)
+        conv.weight = nn.Parameter(weight.clone(), requires_grad=False)
         if self.bias is not None:
             conv.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
-        return conv.to(self.weight.device).eval()
+        if parametrize.is_parametrized(self, "weight"):  # keep its int8/fp16 storage
+            for storage in self.parametrizations.weight:
+                parametrize.register_parametrization(conv, "weight", storage, unsafe=True)
+        return conv.to(weight.device).eval()
 
     def extra_repr(self) -> str:
         out_channels, in_channels, kh, kw = self.weight.shape

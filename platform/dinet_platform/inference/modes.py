@@ -9,7 +9,8 @@ Modes (each step alone, so the benchmark can attribute speed to it, and ``all`` 
 - ``dynamic_int8``: ``quantize_dynamic`` on the Linear layers (all DINet has: see ``quantize``);
 - ``static_int8``: structure + int8 convolutions calibrated on ``calibration`` frames;
 - ``compile``: ``torch.compile`` (Inductor, frozen weights) of the original model's entry points;
-- ``all``: structure + cache + static int8 + compile of the stages left in float.
+- ``all``: structure + cache + static int8 + the float stages' weights stored in int8/fp16
+  (:mod:`~dinet_platform.inference.weight_storage`) + compile of the stages left in float.
 
 Accuracy against the fp32 model's output (``tests/test_inference.py`` holds every mode to it):
 ``structure``, ``cache`` and ``compile`` only reorder float arithmetic: within ``EXACT_ATOL``
@@ -19,13 +20,14 @@ evaluation than twice the fp32 model itself is on image-like stand-ins, and than
 constant channels of flat-shaded synthetic faces give BatchNorm scales in the hundreds, and
 folding them into the weights changes where fp32 rounds: measured 2.4x, ~4e-5 of full scale,
 for ``structure`` on a width-0.125 model in ``tests/test_optimize.py``); the int8 modes are
-lossy and held to
-``MIN_PSNR_DB`` (peak 1.0) on image-like inputs. The int8 thresholds are deliberately loose
-(35 dB, "no visible difference" territory) because the measured figure depends on the weights:
-on a randomly initialised stand-in with settled BatchNorm statistics we measure ~40-42 dB for
-static int8 (default ``appearance`` scope) and ~42 dB for dynamic int8, at width 0.125 and at
-full width; the ``full`` int8 scope is faster and smaller but measured only ~26 dB there, so it
-is opt-in (``int8_scope="full"``) until a trained checkpoint says otherwise.
+lossy and held to ``MIN_PSNR_DB`` (peak 1.0) on image-like inputs. The int8 thresholds are
+deliberately loose (35 dB, "no visible difference" territory) because the measured figure
+depends on the weights: on a randomly initialised stand-in with settled BatchNorm statistics
+we measure ~40-42 dB for static int8 (default ``appearance`` scope) and ~42 dB for dynamic
+int8, at width 0.125 and at full width, and ~37.5 dB for ``all`` at full width (its float
+stages' weights stored in int8/fp16); the ``full`` int8 scope is faster and smaller but
+measured only ~26 dB there, so it is opt-in (``int8_scope="full"``) until a trained
+checkpoint says otherwise.
 
 ``compile`` is part of ``all`` because ``all`` means every step. On this 2-core CPU its gain is
 mixed (measured contended): none at full width, mouth 64 (fp32 eager convs already run near
@@ -57,6 +59,7 @@ from dinet_platform.inference.quantize import (
     quantize_static_int8,
 )
 from dinet_platform.inference.structure import InferenceGenerator, prepare_for_inference
+from dinet_platform.inference.weight_storage import compress_float_weights
 from dinet_platform.models.dinet import DINet, ReferenceFeatures
 
 Mode = Literal["fp32", "structure", "cache", "dynamic_int8", "static_int8", "compile", "all"]
@@ -110,6 +113,9 @@ class OptimizeOptions:
     dynamic_int8: bool = False
     static_int8: bool = False
     int8_scope: Int8Scope = "appearance"
+    compress_weights: bool = False
+    """Float stages keep their weights in int8 (alignment body, tail) or fp16, computing in
+    fp32 (CPU; needs ``fold``): the model's bytes, not its speed."""
     compile: bool = False
     compile_backend: str = "inductor"
     """``torch.compile`` backend; tests use ``"eager"`` to check graph capture in seconds
@@ -118,7 +124,7 @@ class OptimizeOptions:
 
     def __post_init__(self) -> None:
         # Both rewrite the folded InferenceGenerator's stages; DINet itself has neither.
-        for name in ("static_int8", "fft_conv"):
+        for name in ("static_int8", "fft_conv", "compress_weights"):
             if getattr(self, name) and not self.fold:
                 raise ValueError(f"{name} needs fold=True (the folded InferenceGenerator)")
 
@@ -134,15 +140,15 @@ class OptimizeOptions:
             "static_int8": cls(fold=True, static_int8=True),
             "compile": cls(compile=True),
             "all": cls(fold=True, fft_conv=True, cache_reference=True, static_int8=True,
-                       compile=True),
+                       compress_weights=True, compile=True),
         }[mode]
 
     def describe(self) -> str:
-        parts = [name for name in ("fold", "fft_conv", "cache_reference", "dynamic_int8",
-                                   "compile")
+        parts = [name for name in ("fold", "fft_conv", "cache_reference", "dynamic_int8")
                  if getattr(self, name)]
         if self.static_int8:
             parts.append(f"static_int8[{self.int8_scope}]")
+        parts += [name for name in ("compress_weights", "compile") if getattr(self, name)]
         return "+".join(parts) or "fp32"
 
 
@@ -165,7 +171,8 @@ def optimize(
     dtype = torch.float32
 
     if device.type == "cuda":
-        options = replace(options, fft_conv=False)  # cuDNN picks its own conv algorithms
+        # cuDNN picks its own conv algorithms; half precision already halves the weights
+        options = replace(options, fft_conv=False, compress_weights=False)
         if options.dynamic_int8:
             raise ValueError("dynamic int8 is a CPU kernel; on CUDA use static_int8/all (bf16)")
         if options.static_int8:  # int8 -> half precision on GPU, on the folded model
@@ -183,6 +190,8 @@ def optimize(
         backend = quantize_dynamic_int8(backend)
     if options.fft_conv:
         use_fft_convolutions(backend)
+    if options.compress_weights:
+        compress_float_weights(backend)
 
     backend = _place(backend, device, dtype)
     engine = InferenceEngine(

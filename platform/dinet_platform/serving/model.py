@@ -5,10 +5,10 @@ Plain PyTorch + MLflow, no Ray: the Serve deployment (``serve_deployments/lipsyn
 one :class:`ModelServer` and calls it from its batched method.
 
 Precision -> inference mode (``load_engine``): ``int8`` is the folded generation-only model
-with the reference cache and static int8 convolutions calibrated on real frames (``all``
-without ``torch.compile``: a server sees many batch sizes and compiling each costs
-10-120 s); ``fp32`` the same without int8; ``fp16`` / ``bf16`` on CUDA the folded model in
-half precision.
+with the reference cache, static int8 convolutions calibrated on real frames and the float
+stages' weights stored in int8/fp16 (``all`` without ``torch.compile``: a server sees many
+batch sizes and compiling each costs 10-120 s); ``fp32`` the same without int8 or weight
+storage; ``fp16`` / ``bf16`` on CUDA the folded model in half precision.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dinet_platform.serving.jobs import JobStore
 def serving_options(serving: ServingConfig) -> OptimizeOptions:
     options = replace(OptimizeOptions.for_mode("all"), compile=False)
     if serving.precision == "fp32":
-        return replace(options, static_int8=False)
+        return replace(options, static_int8=False, compress_weights=False)
     if serving.precision in ("fp16", "bf16"):
         return replace(options, half_dtype=serving.precision)
     return options
