@@ -222,6 +222,7 @@ def main() -> None:
                 print(f"mouth {mouth_size} batch {batch} {variant}: {fps:.2f} frames/s "
                       f"({row['speedup_vs_naive']:.2f}x naive), {row['psnr_vs_fp32']:.1f} dB",
                       file=sys.stderr)
+            write_json(args.out, rows)  # after each block: a long run keeps what it measured
     columns = ["variant", "mouth_size", "batch", "fps", "speedup_vs_naive", "ms_p50", "ms_p99",
                "peak_rss_mb", "model_bytes", "bytes_vs_naive", "psnr_vs_fp32", "setup_s",
                "first_call_s"]

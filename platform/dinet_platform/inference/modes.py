@@ -202,6 +202,10 @@ def optimize(
         description=options.describe() + ("" if dtype == torch.float32 else f"@{dtype}"),
     )
     if options.compile:
+        # Compiled stages share one wrapper code object, so Dynamo counts every (stage, shape,
+        # grad mode) graph against a single recompile limit (8): past it, stages silently run
+        # eager. A served model needs a few dozen.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         kwargs = _compile_kwargs(options.compile_backend)
         if options.static_int8:
             compile_float_stages(backend, **kwargs)
@@ -222,9 +226,14 @@ def _place(backend: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.M
 
 
 def _compile_kwargs(backend: str) -> dict[str, object]:
+    # dynamic=False: each new input shape compiles its own static graph. With Dynamo's default
+    # (dynamic after the second shape) the third shape's graph returns symbolic sizes, which
+    # Inductor's freezing pass cannot lay out ("'int' object has no attribute 'meta'", seen
+    # at mouth 128 after mouth 64 at batch 1 and 8). A served model sees a few crop and batch
+    # sizes, and static graphs are the faster ones on CPU.
     if backend == "inductor":
-        return {"backend": backend, "options": COMPILE_OPTIONS}
-    return {"backend": backend}
+        return {"backend": backend, "options": COMPILE_OPTIONS, "dynamic": False}
+    return {"backend": backend, "dynamic": False}
 
 
 def compile_float_stages(model: InferenceGenerator, **compile_kwargs: object) -> InferenceGenerator:
