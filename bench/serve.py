@@ -10,17 +10,20 @@ synthetic video's shards), uploads that video as an avatar, then:
 - ``serve``: an asyncio httpx client keeps ``concurrency`` requests in flight on
   ``POST /v1/avatars/{id}/frames`` (``npy`` output) for ``--seconds``: frames/s, latency
   p50/p99, errors, and the mean Serve batch size the responses report;
-- ``in_process``: the same engine (``load_served_model``), same avatar and audio windows,
-  with as many torch threads as the replica has CPUs (``--cpus-per-replica``), called
-  directly at batch ``min(concurrency, max_batch_size) x frames-per-request``, the
-  batch Serve can form at that concurrency at best.
+- ``in_process``: what the replica runs per batch (``ModelServer.generate``: the same
+  engine, avatar and audio windows), with as many torch threads as the replica has CPUs
+  (``--cpus-per-replica``), called directly on ``min(concurrency, max_batch_size)`` requests
+  at a time: the batch Serve can form at that concurrency at best;
+- ``echo``: Serve's own floor on this machine. The same shape of application (a FastAPI
+  ingress on 0.1 CPU forwarding to a ``@serve.batch`` deployment with the replica's CPUs,
+  batch size and wait) with no model: the deployment returns as many bytes as the frames
+  route's answer. Its requests/s (as frames/s, ``frames_per_request`` per request) is the most
+  the frames route could reach here if the model took no time at all.
 
 ``overhead`` = 1 - serve fps / in-process fps at the same concurrency; ``batching_gain`` =
 serve fps / serve fps at concurrency 1. Timings from a busy machine are not worth reporting;
 ``--quick`` just checks the whole path runs (a few seconds per level, width 0.125).
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -105,29 +110,59 @@ async def load(url: str, avatar: str, windows: np.ndarray, concurrency: int, sec
             "mean_batch": float(np.mean(sizes)) if sizes else 0.0}
 
 
-def in_process(model, entry, windows: np.ndarray, batch: int, seconds: float) -> dict:
-    from dinet_platform.inference.engine import AvatarFeatures
+def echo_app(settings: dict, response_bytes: int):
+    """Serve alone: the lip-sync app's two-deployment shape with the model taken out.
 
-    per = windows.shape[1]
-    latencies, frames = [], 0
+    (This file has no ``from __future__ import annotations``: FastAPI reads the route's
+    annotations in the replica, where a string ``"Request"`` would not resolve.)"""
+    from ray import serve
+
+    serving = settings["serving"]
+    app = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": serving["cpus_per_replica"]},
+                      max_ongoing_requests=serving["max_ongoing_requests"])
+    class Echo:
+        @serve.batch(max_batch_size=serving["max_batch_size"],
+                     batch_wait_timeout_s=serving["batch_wait_timeout_s"])
+        async def __call__(self, requests: list[bytes]) -> list[tuple[bytes, int]]:
+            return [(bytes(response_bytes), len(requests)) for _ in requests]
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1},  # as build_app's ingress
+                      max_ongoing_requests=max(64, 4 * serving["max_ongoing_requests"]))
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, echo):
+            self.echo = echo
+
+        @app.post("/v1/avatars/{avatar}/frames")
+        async def frames(self, avatar: str, request: Request) -> Response:
+            body, batch = await self.echo.remote(await request.body())
+            return Response(body, media_type="application/x-npy",
+                            headers={"X-Dinet-Batch-Size": str(batch)})
+
+    return Ingress.bind(Echo.bind())
+
+
+def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: float) -> dict:
+    """The replica's own work without Serve: ``ModelServer.generate`` on ``batch`` jobs at a
+    time, built as the ingress builds them."""
     from dinet_platform.serving.api import audio_windows
+    from dinet_platform.serving.model import FrameJob
 
-    width = model.info.audio_window  # the windows the ingress builds from these features
-    audio = torch.from_numpy(np.concatenate(
-        [audio_windows(windows[i % len(windows)], width) for i in range(batch)]))
-    index = [entry.avatar.loop_index(i) for i in range(len(audio))]
-    sources = entry.avatar.sources(index)
-    features = AvatarFeatures(entry.features.expand(len(audio)), encoded=True)
+    width = server.model.info.audio_window
+    jobs = [FrameJob(avatar, i % 25, audio_windows(windows[i % len(windows)], width), False)
+            for i in range(batch)]
+    latencies, frames = [], 0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or not latencies:
         start = time.perf_counter()
-        out = model.engine.generate(sources, audio, features)
-        out.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        outputs, _ = server.generate(jobs)
         latencies.append(time.perf_counter() - start)
-        frames += len(audio)
+        frames += sum(len(out) for out in outputs)
     return {"fps": frames / sum(latencies), "ms_p50": 1000 * median(latencies),
             "ms_p99": 1000 * percentile(latencies, 99), "errors": 0,
-            "requests": len(latencies), "batch_frames": batch * per}
+            "requests": len(latencies) * batch}
 
 
 def main() -> None:
@@ -139,6 +174,8 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0,
+                        help="@serve.batch's batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
     parser.add_argument("--cpus-per-replica", type=float, default=(os.cpu_count() or 1) - 0.1,
                         help="the model replica's CPUs (its torch threads: rounded up); "
                              "default all cores but the ingress's 0.1")
@@ -180,7 +217,7 @@ def main() -> None:
     settings = {"serving": {"port": port, "max_batch_size": max_batch,
                             "max_ongoing_requests": max(max_batch, 2 * max_batch),
                             "max_queued_requests": 4 * max(args.concurrency),
-                            "batch_wait_timeout_s": 0.005,
+                            "batch_wait_timeout_s": args.batch_wait_ms / 1000,
                             "cpus_per_replica": args.cpus_per_replica,
                             "avatar_dir": str(root / "avatars")},
                 "tracking": {"tracking_uri": client.tracking_uri}}
@@ -207,18 +244,28 @@ def main() -> None:
         server = ModelServer(typed.serving, client, AvatarStore(root / "avatars"))
         server.ensure_current()
         assert server.model is not None and server.model.version == version
-        entry = server.avatar(server.model, avatar)
+        entry = server.avatar(server.model, avatar)  # built once, as in a warm replica
         for concurrency in args.concurrency:
             print(f"concurrency {concurrency} ...", flush=True)
             asyncio.run(load(url, avatar, windows, concurrency, min(2.0, args.seconds)))
             served = asyncio.run(load(url, avatar, windows, concurrency, args.seconds))
-            local = in_process(server.model, entry, windows, min(concurrency, max_batch),
+            local = in_process(server, avatar, windows, min(concurrency, max_batch),
                                args.seconds)
             base = {"concurrency": concurrency, "frames_per_request": args.frames_per_request,
                     "width": args.width, "mouth_size": args.mouth,
                     "mode": server.model.info.description}
             rows.append({**base, "variant": "serve", **served})
             rows.append({**base, "variant": "in_process", **local})
+        serve.delete("dinet")  # free its CPUs for Serve alone
+        frame_bytes = math.prod(entry.avatar.sources([0]).shape) * 4  # float32 npy crop
+        serve.run(echo_app(settings, frame_bytes * args.frames_per_request), name="echo",
+                  route_prefix="/", blocking=False)
+        for concurrency in args.concurrency:
+            print(f"Serve alone, concurrency {concurrency} ...", flush=True)
+            asyncio.run(load(url, avatar, windows, concurrency, min(2.0, args.seconds)))
+            echo = asyncio.run(load(url, avatar, windows, concurrency, args.seconds))
+            rows.append({**base, "concurrency": concurrency, "mode": "no model",
+                         "variant": "echo", **echo})
     finally:
         serve.shutdown()
         import ray
@@ -233,6 +280,7 @@ def main() -> None:
                          and r["concurrency"] == row["concurrency"])
             row["overhead"] = 1.0 - row["fps"] / local["fps"]
             row["batching_gain"] = row["fps"] / first
+    rows.sort(key=lambda r: (r["concurrency"], ["serve", "in_process", "echo"].index(r["variant"])))
     print(markdown_table(rows, ["variant", "concurrency", "fps", "ms_p50", "ms_p99", "errors",
                                 "requests", "mean_batch", "overhead", "batching_gain"]))
     write_json(args.out, {"device": "cpu", "rows": rows})
