@@ -117,6 +117,8 @@ def echo_app(settings: dict, response_bytes: int):
     annotations in the replica, where a string ``"Request"`` would not resolve.)"""
     from ray import serve
 
+    from serve_deployments.lipsync import ingress_max_ongoing
+
     serving = settings["serving"]
     app = FastAPI()
 
@@ -129,7 +131,7 @@ def echo_app(settings: dict, response_bytes: int):
             return [(bytes(response_bytes), len(requests)) for _ in requests]
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1},  # as build_app's ingress
-                      max_ongoing_requests=max(64, 4 * serving["max_ongoing_requests"]))
+                      max_ongoing_requests=ingress_max_ongoing(serving["max_ongoing_requests"]))
     @serve.ingress(app)
     class Ingress:
         def __init__(self, echo):

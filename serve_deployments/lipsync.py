@@ -148,6 +148,11 @@ def forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
 
 
+def ingress_max_ongoing(model_max_ongoing: int) -> int:
+    """The ingress only awaits the model: it holds every request the model may queue."""
+    return max(64, 4 * model_max_ongoing)
+
+
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     """The application for ``args`` (``{"serving": ..., "tracking": ...}``). Raises a
     ConfigError naming the field for bad settings, and refuses to start without a token."""
@@ -171,7 +176,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         model_options["num_replicas"] = serving.num_replicas
     model = LipSyncModel.options(**model_options).bind(settings)
     ingress = LipSyncIngress.options(
-        max_ongoing_requests=max(64, 4 * serving.max_ongoing_requests),
+        max_ongoing_requests=ingress_max_ongoing(serving.max_ongoing_requests),
         max_queued_requests=4 * serving.max_queued_requests,
         ray_actor_options={"num_cpus": 0.1, "runtime_env": runtime_env},
     )

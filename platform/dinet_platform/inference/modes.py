@@ -231,9 +231,10 @@ def _compile_kwargs(backend: str) -> dict[str, object]:
     # Inductor's freezing pass cannot lay out ("'int' object has no attribute 'meta'", seen
     # at mouth 128 after mouth 64 at batch 1 and 8). A served model sees a few crop and batch
     # sizes, and static graphs are the faster ones on CPU.
+    kwargs: dict[str, object] = {"backend": backend, "dynamic": False}
     if backend == "inductor":
-        return {"backend": backend, "options": COMPILE_OPTIONS, "dynamic": False}
-    return {"backend": backend, "dynamic": False}
+        kwargs["options"] = COMPILE_OPTIONS
+    return kwargs
 
 
 def compile_float_stages(model: InferenceGenerator, **compile_kwargs: object) -> InferenceGenerator:

@@ -21,6 +21,7 @@ import asyncio
 import os
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -37,7 +38,7 @@ CONFIG_VARIABLE = "DINET_CONFIG"
 SERVER_SCHEMES = ("http://", "https://", "databricks")
 
 
-def job_environment(environ: dict[str, str] | os._Environ, console: Console) -> dict[str, str]:
+def job_environment(environ: Mapping[str, str], console: Console) -> dict[str, str]:
     """What every job gets from the submitter's environment: the tracking store and home.
 
     A local MLflow store (a SQLite file or a directory) is forwarded too -- on shared storage
