@@ -37,8 +37,9 @@ from dinet_platform.inference import (
     synthetic_batches,
 )
 from dinet_platform.inference.fft_conv import FFTConv2d, is_fft_candidate
-from dinet_platform.inference.folding import count_batchnorms, fold_block, fold_conv_bn
+from dinet_platform.inference.folding import ConvReLU, count_batchnorms, fold_block, fold_conv_bn
 from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB
+from dinet_platform.inference.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
 from dinet_platform.inference.weight_storage import FLOAT_LAYERS, INT8_STORED_STAGES
 from dinet_platform.models import DINet, DINetWithAttention
 from dinet_platform.models.blocks import (
@@ -51,6 +52,7 @@ from dinet_platform.models.blocks import (
     UpBlock2d,
 )
 from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
 
 TINY = 0.125
 MOUTH = 64
@@ -452,3 +454,40 @@ def test_structure_mode_runs_the_alignment_convs_by_fft_and_exports(tmp_path: Pa
     loaded = load_artifact(tmp_path / "fft")
     torch.testing.assert_close(loaded(batch.source, batch.references, batch.audio), got,
                                rtol=0, atol=1e-5)
+
+
+# -- upsampling at the input's resolution ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,channels_last", [((2, 8, 7, 5), False), ((3, 8, 4, 9), True)])
+def test_subpixel_upsample_conv_equals_upsample_then_conv(shape, channels_last):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 6, 3, padding=1).eval()
+    x = torch.randn(*shape)
+    if channels_last:  # what an int8 conv hands the next block
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = ConvReLU(conv, upsample=True)(x)
+        got = SubpixelUpConvReLU(conv)(x)
+    assert got.shape == expected.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_decoder_upsamples_by_phase_convs_with_4_9ths_of_the_work():
+    folded = fold_block(randomize_batchnorm(UpBlock2d(16, 16)))
+    assert isinstance(folded, SubpixelUpConvReLU)
+    x = torch.randn(2, 16, 12, 10)
+    with FlopCounterMode(display=False) as phase_flops:
+        folded(x)
+    with FlopCounterMode(display=False) as direct_flops:
+        ConvReLU(torch.nn.Conv2d(16, 16, 3, padding=1), upsample=True)(x)
+    # 4 phases x 2x2 taps on (H+1)x(W+1) against 3x3 taps on 2H x 2W
+    ratio = phase_flops.get_total_flops() / direct_flops.get_total_flops()
+    assert ratio == pytest.approx(4 / 9 * (13 * 11) / (12 * 10))
+    # a traced program keeps the batch dynamic (artifacts are traced at one batch size)
+    with torch.no_grad():
+        traced = torch.jit.trace(folded, (x,), check_trace=False)
+        torch.testing.assert_close(traced(x[:1]), folded(x[:1]), rtol=0, atol=1e-6)
+    assert not is_subpixel_candidate(torch.nn.Conv2d(16, 16, 5, padding=2))
+    with pytest.raises(ValueError, match="not a 3x3 'same' conv"):
+        SubpixelUpConvReLU(torch.nn.Conv2d(16, 16, 3, padding=0))

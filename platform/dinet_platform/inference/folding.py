@@ -8,7 +8,8 @@ follows a convolution, the affine folds into that convolution's weights and bias
 What folds where:
 
 - ``SameBlock*`` / ``DownBlock*`` / ``UpBlock2d`` are ``conv -> BN -> ReLU``: the BN folds into
-  the conv, leaving :class:`ConvReLU`.
+  the conv, leaving :class:`ConvReLU`; an ``UpBlock2d``'s upsample + 3x3 conv then runs at the
+  input's resolution (:class:`~dinet_platform.inference.upsampling.SubpixelUpConvReLU`).
 - ``ResBlock*`` are *pre-activation* (``BN1 -> ReLU -> conv1 -> BN2 -> ReLU -> conv2`` plus the
   skip). ``BN2`` directly follows ``conv1``, so it folds into ``conv1`` exactly. ``BN1`` cannot
   fold anywhere exactly: the ReLU after it blocks folding into the *following* conv1
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinet_platform.inference.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
 from dinet_platform.models.blocks import (
     DownBlock1d,
     DownBlock2d,
@@ -108,7 +110,10 @@ def fold_block(block: nn.Module) -> nn.Module:
     if isinstance(block, SameBlock2d | DownBlock2d | SameBlock1d | DownBlock1d):
         return ConvReLU(fold_conv_bn(block.conv, block.norm))
     if isinstance(block, UpBlock2d):
-        return ConvReLU(fold_conv_bn(block.conv, block.norm), upsample=True)
+        conv = fold_conv_bn(block.conv, block.norm)
+        if is_subpixel_candidate(conv):
+            return SubpixelUpConvReLU(conv)
+        return ConvReLU(conv, upsample=True)
     if isinstance(block, ResBlock2d | ResBlock1d):
         return FoldedResBlock(
             norm1=copy.deepcopy(block.norm1).eval(),
