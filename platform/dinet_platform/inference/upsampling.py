@@ -102,14 +102,17 @@ class SubpixelUpConvReLU(nn.Module):
         super().__init__()
         if not is_subpixel_candidate(conv):
             raise ValueError(f"not a 3x3 'same' conv: {conv}")
-        self.out_channels = conv.out_channels
-        self.conv = nn.Conv2d(conv.in_channels, 4 * conv.out_channels, 2, padding=1,
+        self.conv = nn.Conv2d(conv.in_channels, len(PHASES) * conv.out_channels, 2, padding=1,
                               bias=conv.bias is not None)
         with torch.no_grad():
             self.conv.weight.copy_(phase_kernels(conv.weight.detach()))
             if conv.bias is not None:
                 self.conv.bias.copy_(conv.bias.detach().repeat(len(PHASES)))
         self.conv.to(conv.weight.device)
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels // len(PHASES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return interleave_phases(F.relu(self.conv(x)), self.out_channels)
