@@ -1,32 +1,42 @@
 """Serve vs in-process: the frames route under load, and the same frames through the model.
 
     python bench/serve.py [--out FILE.json] [--concurrency 1 8 32] [--seconds 20]
-                          [--frames-per-request 1] [--width 0.25] [--mouth 64] [--quick]
+                          [--frames-per-request 1 5] [--width 0.25] [--mouth 64]
+                          [--cpus-per-replica 1] [--python-proxy] [--quick]
 
-Starts a local Ray + Serve app (``serve_deployments.lipsync``) serving a stand-in model (a
-random initialisation registered in a private MLflow SQLite registry, int8 calibrated on a
-synthetic video's shards), uploads that video as an avatar, then:
+Starts a local Ray + Serve app (``serve_deployments.lipsync``) the way ``dinet serve`` does
+(``start_local_ray``: Serve's throughput mode, HAProxy in front of the ingress replicas;
+``--python-proxy`` measures Ray's Python HTTP proxy instead) serving a stand-in model (a random
+initialisation registered in a private MLflow SQLite registry, int8 calibrated on a synthetic
+video's shards), uploads that video as an avatar, then for each window size (frames per
+request; a live avatar streams audio in windows, 5 frames = 200 ms at 25 fps):
 
 - ``serve``: an asyncio httpx client keeps ``concurrency`` requests in flight on
   ``POST /v1/avatars/{id}/frames`` (``npy`` output) for ``--seconds``: frames/s, latency
   p50/p99, errors, and the mean Serve batch size the responses report;
 - ``in_process``: what the replica runs per batch (``ModelServer.generate``: the same
   engine, avatar and audio windows), with as many torch threads as the replica has CPUs
-  (``--cpus-per-replica``), called directly on ``min(concurrency, max_batch_size)`` requests
-  at a time: the batch Serve can form at that concurrency at best;
+  (``--cpus-per-replica``, default the shipped ``configs/serve.yaml``'s), called directly on
+  ``min(concurrency, max_batch_size)`` requests at a time: the batch Serve can form at that
+  concurrency at best;
+- ``in_process_all_cores``: the same on every core of the machine, when the replica has fewer
+  (what this machine could do with no server at all);
 - ``echo``: Serve's own floor on this machine. The same shape of application (a FastAPI
   ingress on 0.1 CPU forwarding to a ``@serve.batch`` deployment with the replica's CPUs,
   batch size and wait) with no model: the deployment returns as many bytes as the frames
-  route's answer. Its requests/s (as frames/s, ``frames_per_request`` per request) is the most
-  the frames route could reach here if the model took no time at all.
+  route's answer. Its requests/s (as frames/s) is the most the frames route could reach here
+  if the model took no time at all.
 
-``overhead`` = 1 - serve fps / in-process fps at the same concurrency; ``batching_gain`` =
-serve fps / serve fps at concurrency 1. Timings from a busy machine are not worth reporting;
-``--quick`` just checks the whole path runs (a few seconds per level, width 0.125).
+``overhead`` = 1 - serve fps / in-process fps (same concurrency, same CPUs for the model);
+``batching_gain`` = serve fps / serve fps at concurrency 1. Timings from a busy machine are
+not worth reporting; ``--quick`` just checks the whole path runs (a few seconds per level,
+width 0.125).
 """
 
 import argparse
 import asyncio
+import itertools
+import json
 import math
 import os
 import sys
@@ -110,7 +120,7 @@ async def load(url: str, avatar: str, windows: np.ndarray, concurrency: int, sec
             "mean_batch": float(np.mean(sizes)) if sizes else 0.0}
 
 
-def echo_app(settings: dict, response_bytes: int):
+def echo_app(settings: dict, frame_bytes: int):
     """Serve alone: the lip-sync app's two-deployment shape with the model taken out.
 
     (This file has no ``from __future__ import annotations``: FastAPI reads the route's
@@ -127,8 +137,8 @@ def echo_app(settings: dict, response_bytes: int):
     class Echo:
         @serve.batch(max_batch_size=serving["max_batch_size"],
                      batch_wait_timeout_s=serving["batch_wait_timeout_s"])
-        async def __call__(self, requests: list[bytes]) -> list[tuple[bytes, int]]:
-            return [(bytes(response_bytes), len(requests)) for _ in requests]
+        async def __call__(self, frames: list[int]) -> list[tuple[bytes, int]]:
+            return [(bytes(frame_bytes * n), len(frames)) for n in frames]
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1},  # as build_app's ingress
                       max_ongoing_requests=ingress_max_ongoing(serving["max_ongoing_requests"]))
@@ -139,18 +149,22 @@ def echo_app(settings: dict, response_bytes: int):
 
         @app.post("/v1/avatars/{avatar}/frames")
         async def frames(self, avatar: str, request: Request) -> Response:
-            body, batch = await self.echo.remote(await request.body())
+            count = len(json.loads(await request.body())["features"])
+            body, batch = await self.echo.remote(count)
             return Response(body, media_type="application/x-npy",
                             headers={"X-Dinet-Batch-Size": str(batch)})
 
     return Ingress.bind(Echo.bind())
 
 
-def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: float) -> dict:
+def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: float,
+               threads: int) -> dict:
     """The replica's own work without Serve: ``ModelServer.generate`` on ``batch`` jobs at a
-    time, built as the ingress builds them."""
+    time, built as the ingress builds them, on ``threads`` torch threads."""
     from dinet_platform.serving.api import audio_windows
     from dinet_platform.serving.model import FrameJob
+
+    torch.set_num_threads(threads)
 
     width = server.model.info.audio_window
     jobs = [FrameJob(avatar, i % 25, audio_windows(windows[i % len(windows)], width), False)
@@ -168,19 +182,24 @@ def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: fl
 
 
 def main() -> None:
+    from dinet_platform.config.schema import ServingConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--frames-per-request", type=int, default=1)
+    parser.add_argument("--frames-per-request", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="@serve.batch's batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
-    parser.add_argument("--cpus-per-replica", type=float, default=(os.cpu_count() or 1) - 0.1,
+    parser.add_argument("--cpus-per-replica", type=float,
+                        default=ServingConfig().cpus_per_replica,
                         help="the model replica's CPUs (its torch threads: rounded up); "
-                             "default all cores but the ingress's 0.1")
+                             "default the serving config's")
+    parser.add_argument("--python-proxy", action="store_true",
+                        help="Ray's Python HTTP proxy instead of HAProxy + direct ingress")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -191,6 +210,9 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     (root / "token").write_text(TOKEN)
     os.environ["DINET_API_TOKEN_FILE"] = str(root / "token")
+    if args.python_proxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"  # start_local_ray leaves Serve's default
+    http = "python proxy" if args.python_proxy else "haproxy"
 
     import httpx
     from dinet_platform.config import validate_config
@@ -224,11 +246,12 @@ def main() -> None:
                             "avatar_dir": str(root / "avatars")},
                 "tracking": {"tracking_uri": client.tracking_uri}}
     rng = np.random.default_rng(0)
-    windows = rng.normal(size=(64, args.frames_per_request, config.model.audio_channels)
-                         ).astype(np.float32)
+    windows = {n: rng.normal(size=(64, n, config.model.audio_channels)).astype(np.float32)
+               for n in args.frames_per_request}
+    replica_threads = max(1, math.ceil(args.cpus_per_replica))  # as the replica computes
+    all_cores = os.cpu_count() or 1
 
     rows = []
-    torch.set_num_threads(max(1, math.ceil(args.cpus_per_replica)))  # the replica's threads
     start_local_ray(log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -247,45 +270,58 @@ def main() -> None:
         server.ensure_current()
         assert server.model is not None and server.model.version == version
         entry = server.avatar(server.model, avatar)  # built once, as in a warm replica
-        for concurrency in args.concurrency:
-            print(f"concurrency {concurrency} ...", flush=True)
-            asyncio.run(load(url, avatar, windows, concurrency, min(2.0, args.seconds)))
-            served = asyncio.run(load(url, avatar, windows, concurrency, args.seconds))
-            local = in_process(server, avatar, windows, min(concurrency, max_batch),
-                               args.seconds)
-            base = {"concurrency": concurrency, "frames_per_request": args.frames_per_request,
-                    "width": args.width, "mouth_size": args.mouth,
-                    "mode": server.model.info.description}
+        mode = server.model.info.description
+        for frames, concurrency in itertools.product(args.frames_per_request, args.concurrency):
+            print(f"{frames} frame(s) per request, concurrency {concurrency} ...", flush=True)
+            base = {"concurrency": concurrency, "frames_per_request": frames,
+                    "width": args.width, "mouth_size": args.mouth, "mode": mode,
+                    "http": http, "cpus_per_replica": args.cpus_per_replica}
+            batch = min(concurrency, max_batch)
+            asyncio.run(load(url, avatar, windows[frames], concurrency, min(2.0, args.seconds)))
+            served = asyncio.run(load(url, avatar, windows[frames], concurrency, args.seconds))
             rows.append({**base, "variant": "serve", **served})
-            rows.append({**base, "variant": "in_process", **local})
+            local = in_process(server, avatar, windows[frames], batch, args.seconds,
+                               replica_threads)
+            rows.append({**base, "variant": "in_process", "threads": replica_threads, **local})
+            if all_cores > replica_threads:
+                local = in_process(server, avatar, windows[frames], batch, args.seconds,
+                                   all_cores)
+                rows.append({**base, "variant": "in_process_all_cores", "threads": all_cores,
+                             **local})
         serve.delete("dinet")  # free its CPUs for Serve alone
         frame_bytes = math.prod(entry.avatar.sources([0]).shape) * 4  # float32 npy crop
-        serve.run(echo_app(settings, frame_bytes * args.frames_per_request), name="echo",
-                  route_prefix="/", blocking=False)
-        for concurrency in args.concurrency:
-            print(f"Serve alone, concurrency {concurrency} ...", flush=True)
-            asyncio.run(load(url, avatar, windows, concurrency, min(2.0, args.seconds)))
-            echo = asyncio.run(load(url, avatar, windows, concurrency, args.seconds))
-            rows.append({**base, "concurrency": concurrency, "mode": "no model",
-                         "variant": "echo", **echo})
+        serve.run(echo_app(settings, frame_bytes), name="echo", route_prefix="/",
+                  blocking=False)
+        for frames, concurrency in itertools.product(args.frames_per_request, args.concurrency):
+            print(f"Serve alone, {frames} frame(s) per request, concurrency {concurrency} ...",
+                  flush=True)
+            asyncio.run(load(url, avatar, windows[frames], concurrency, min(2.0, args.seconds)))
+            echo = asyncio.run(load(url, avatar, windows[frames], concurrency, args.seconds))
+            rows.append({**base, "concurrency": concurrency, "frames_per_request": frames,
+                         "mode": "no model", "variant": "echo", **echo})
     finally:
         serve.shutdown()
         import ray
 
         ray.shutdown()
 
-    serve_fps = {r["concurrency"]: r["fps"] for r in rows if r["variant"] == "serve"}
-    first = serve_fps[args.concurrency[0]]
+    order = ["serve", "in_process", "in_process_all_cores", "echo"]
     for row in rows:
         if row["variant"] == "serve":
-            local = next(r for r in rows if r["variant"] == "in_process"
-                         and r["concurrency"] == row["concurrency"])
+            same = [r for r in rows if (r["frames_per_request"], r["concurrency"])
+                    == (row["frames_per_request"], row["concurrency"])]
+            local = next(r for r in same if r["variant"] == "in_process")
+            first = next(r for r in rows if r["variant"] == "serve"
+                         and r["frames_per_request"] == row["frames_per_request"])
             row["overhead"] = 1.0 - row["fps"] / local["fps"]
-            row["batching_gain"] = row["fps"] / first
-    rows.sort(key=lambda r: (r["concurrency"], ["serve", "in_process", "echo"].index(r["variant"])))
-    print(markdown_table(rows, ["variant", "concurrency", "fps", "ms_p50", "ms_p99", "errors",
-                                "requests", "mean_batch", "overhead", "batching_gain"]))
-    write_json(args.out, {"device": "cpu", "rows": rows})
+            row["batching_gain"] = row["fps"] / first["fps"]
+    rows.sort(key=lambda r: (r["frames_per_request"], r["concurrency"], order.index(r["variant"])))
+    print(f"HTTP: {http}; model replica: {args.cpus_per_replica} CPUs ({replica_threads} "
+          f"torch threads) of {all_cores}; {mode}, width {args.width}, mouth {args.mouth}")
+    print(markdown_table(rows, ["variant", "frames_per_request", "concurrency", "fps", "ms_p50",
+                                "ms_p99", "errors", "requests", "mean_batch", "overhead",
+                                "batching_gain"]))
+    write_json(args.out, {"device": "cpu", "http": http, "rows": rows})
 
 
 if __name__ == "__main__":

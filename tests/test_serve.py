@@ -177,6 +177,30 @@ def test_health_readiness_and_model_info(served, http):
     assert httpx.get(served["url"] + "/docs").status_code == 200
 
 
+def test_http_goes_through_haproxy_straight_to_the_ingress_replica(served, http):
+    """The embedded Ray runs Serve in its throughput mode: HAProxy in front, no Python proxy on
+    the request path (the ingress replica listens itself)."""
+    from ray.util.state import list_actors
+
+    alive = {actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")],
+                                                         limit=1000)}
+    assert "HAProxyManager" in alive, alive
+    assert http.get("/v1/model").status_code == 200
+
+
+def test_serve_mode_is_left_to_an_environment_that_chooses(monkeypatch):
+    from dinet_platform.ray_runtime import serve_throughput_env
+
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    env = serve_throughput_env()
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    ports = [value for key, value in env.items() if key.endswith("_PORT")]
+    assert len(set(ports)) == len(ports) == 4  # free ports, not Ray's fixed 8404/9101/8500/9500
+    assert not any(value.startswith("/tmp/haproxy-serve") for value in env.values())
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
+    assert serve_throughput_env() == {}
+
+
 def test_frames_match_the_offline_engine(served, http, avatar):
     feats = features(6, 0)
     response = frames_npy(http, avatar, feats, start=2)
