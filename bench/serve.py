@@ -22,10 +22,10 @@ request; a live avatar streams audio in windows, 5 frames = 200 ms at 25 fps):
 - ``in_process_all_cores``: the same on every core of the machine, when the replica has fewer
   (what this machine could do with no server at all);
 - ``echo``: Serve's own floor on this machine. The same shape of application (a FastAPI
-  ingress on 0.1 CPU forwarding to a ``@serve.batch`` deployment with the replica's CPUs,
-  batch size and wait) with no model: the deployment returns as many bytes as the frames
-  route's answer. Its requests/s (as frames/s) is the most the frames route could reach here
-  if the model took no time at all.
+  ingress on 0.1 CPU forwarding to a deployment with the replica's CPUs that batches callers
+  with the same ``BatchQueue``, batch size and wait) with no model: the deployment returns as
+  many bytes as the frames route's answer. Its requests/s (as frames/s) is the most the
+  frames route could reach here if the model took no time at all.
 
 ``overhead`` = 1 - serve fps / in-process fps (same concurrency, same CPUs for the model);
 ``batching_gain`` = serve fps / serve fps at concurrency 1. Timings from a busy machine are
@@ -125,6 +125,7 @@ def echo_app(settings: dict, frame_bytes: int):
 
     (This file has no ``from __future__ import annotations``: FastAPI reads the route's
     annotations in the replica, where a string ``"Request"`` would not resolve.)"""
+    from dinet_platform.serving.batching import BatchQueue
     from ray import serve
 
     from serve_deployments.lipsync import ingress_max_ongoing
@@ -135,10 +136,16 @@ def echo_app(settings: dict, frame_bytes: int):
     @serve.deployment(ray_actor_options={"num_cpus": serving["cpus_per_replica"]},
                       max_ongoing_requests=serving["max_ongoing_requests"])
     class Echo:
-        @serve.batch(max_batch_size=serving["max_batch_size"],
-                     batch_wait_timeout_s=serving["batch_wait_timeout_s"])
-        async def __call__(self, frames: list[int]) -> list[tuple[bytes, int]]:
+        def __init__(self):
+            self.batches = BatchQueue(self.answer, serving["max_batch_size"],
+                                      serving["batch_wait_timeout_s"])
+
+        @staticmethod
+        def answer(frames: list[int]) -> list[tuple[bytes, int]]:
             return [(bytes(frame_bytes * n), len(frames)) for n in frames]
+
+        async def __call__(self, frames: int) -> tuple[bytes, int]:
+            return await self.batches.submit(frames)
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1},  # as build_app's ingress
                       max_ongoing_requests=ingress_max_ongoing(serving["max_ongoing_requests"]))
@@ -193,7 +200,7 @@ def main() -> None:
     parser.add_argument("--mouth", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
-                        help="@serve.batch's batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
+                        help="batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
     parser.add_argument("--cpus-per-replica", type=float,
                         default=ServingConfig().cpus_per_replica,
                         help="the model replica's CPUs (its torch threads: rounded up); "

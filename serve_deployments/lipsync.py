@@ -20,6 +20,7 @@ from dinet_platform.config.schema import ServingConfig
 from dinet_platform.serving.app import AppState, create_app
 from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
+from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.jobs import JobStore
 from dinet_platform.serving.model import FrameJob, ModelServer
 from dinet_platform.serving.settings import (
@@ -38,7 +39,9 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class LipSyncModel:
-    """One replica: the served engine, its avatar-feature cache, and batching across callers.
+    """One replica: the served engine, its avatar-feature cache, and batching across callers
+    (a :class:`BatchQueue`: the next batch takes every caller that arrived while the model
+    computed; ``@serve.batch`` would close it ``batch_wait_timeout_s`` after its first).
     The model is (re)loaded in :meth:`reconfigure`, so re-applying the config (or
     ``POST /v1/admin/reload``) swaps it while requests keep flowing."""
 
@@ -50,6 +53,8 @@ class LipSyncModel:
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
         self.jobs = JobStore(jobs_dir(config.serving))
+        self.batches = BatchQueue(self._generate, config.serving.max_batch_size,
+                                  config.serving.batch_wait_timeout_s)
         self.error: str | None = None
         self._watch: asyncio.Task | None = None
 
@@ -57,8 +62,7 @@ class LipSyncModel:
         serving = ServingConfig.model_validate(user_config["serving"])
         previous = self.server.serving
         self.server.reconfigure(serving)
-        self._generate.set_max_batch_size(serving.max_batch_size)
-        self._generate.set_batch_wait_timeout_s(serving.batch_wait_timeout_s)
+        self.batches.configure(serving.max_batch_size, serving.batch_wait_timeout_s)
         force = (previous.precision, previous.device) != (serving.precision, serving.device)
         await self._load(force)
         if self._watch is None and serving.watch_alias_s > 0:
@@ -102,17 +106,17 @@ class LipSyncModel:
             return _error(422, "features", f"audio windows of shape {expected} expected by "
                                            f"version {model.version}, got {audio.shape[1:]}")
         try:  # load and check the avatar here, so one bad caller never fails a whole batch
-            await asyncio.to_thread(self.server.avatar, model, avatar_id)
-            return await self._generate(FrameJob(avatar_id, start, audio.astype(np.float32),
-                                                 paste))
+            if not self.server.has_avatar(model, avatar_id):  # a hit needs no thread hop
+                await asyncio.to_thread(self.server.avatar, model, avatar_id)
+            return await self.batches.submit(FrameJob(avatar_id, start,
+                                                      audio.astype(np.float32), paste))
         except AvatarNotFound as exc:
             return _error(404, "avatar_id", str(exc))
         except ValueError as exc:  # unreadable, or made for another mouth size
             return _error(422, "avatar_id", str(exc))
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _generate(self, jobs: list[FrameJob]) -> list[dict[str, Any]]:
-        outputs, model = await asyncio.to_thread(self.server.generate, jobs)
+    def _generate(self, jobs: list[FrameJob]) -> list[dict[str, Any]]:
+        outputs, model = self.server.generate(jobs)  # in the batch queue's worker thread
         return [{"frames": out, "version": model.version, "batch_size": len(jobs)}
                 for out in outputs]
 

@@ -115,6 +115,9 @@ class AvatarCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def __contains__(self, key: str) -> bool:  # not a use: counts no hit or miss
+        return key in self._entries
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -181,6 +181,11 @@ class ModelServer:
                              "misses": self.cache.misses},
         }
 
+    def has_avatar(self, model: ServedModel, avatar_id: str) -> bool:
+        """Whether :meth:`avatar` would answer from the cache (without loading anything)."""
+        with self._cache_lock:
+            return f"{model.key}|{avatar_id}" in self.cache
+
     def avatar(self, model: ServedModel, avatar_id: str) -> CachedAvatar:
         """The avatar and its reference features for ``model`` (built on a miss)."""
         key = f"{model.key}|{avatar_id}"

@@ -1,0 +1,108 @@
+"""BatchQueue: callers that arrive while the model computes go together into its next batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from dinet_platform.serving.batching import BatchQueue
+
+
+class Model:
+    """A compute function that records its batches and can be held mid-batch."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.batches: list[list[int]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.fail_on = fail_on
+
+    def __call__(self, jobs: list[int]) -> list[int]:
+        self.batches.append(list(jobs))
+        self.started.set()
+        self.release.wait(5)
+        if self.fail_on in jobs:
+            raise ValueError(f"bad job {self.fail_on}")
+        return [10 * job for job in jobs]
+
+
+async def wait_until_computing(model: Model) -> None:
+    await asyncio.to_thread(model.started.wait, 5)
+
+
+def test_callers_arriving_during_a_forward_share_the_next_batch():
+    async def main():
+        model = Model()
+        model.release.clear()
+        queue = BatchQueue(model, max_batch_size=8, wait_s=0.0)
+        first = asyncio.create_task(queue.submit(0))
+        await wait_until_computing(model)
+        rest = [asyncio.create_task(queue.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)  # all five queue behind the running forward
+        model.release.set()
+        return await first, await asyncio.gather(*rest), model.batches
+
+    first, rest, batches = asyncio.run(main())
+    assert batches == [[0], [1, 2, 3, 4, 5]]
+    assert first == 0 and rest == [10, 20, 30, 40, 50]  # each caller gets its own result
+
+
+def test_an_idle_model_waits_for_concurrent_callers_up_to_the_batch_size():
+    async def main():
+        model = Model()
+        queue = BatchQueue(model, max_batch_size=4, wait_s=0.2)
+        results = await asyncio.gather(*(queue.submit(i) for i in range(6)))
+        return results, model.batches
+
+    results, batches = asyncio.run(main())
+    assert results == [0, 10, 20, 30, 40, 50]
+    assert batches == [[0, 1, 2, 3], [4, 5]]  # full at 4; the rest right after
+
+
+def test_a_lone_caller_waits_no_longer_than_the_wait():
+    async def main():
+        queue = BatchQueue(Model(), max_batch_size=8, wait_s=0.05)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        result = await queue.submit(3)
+        return result, loop.time() - start
+
+    result, seconds = asyncio.run(main())
+    assert result == 30 and seconds < 2.0
+
+
+def test_a_failing_batch_fails_its_callers_and_the_queue_keeps_serving():
+    async def main():
+        model = Model(fail_on=2)
+        queue = BatchQueue(model, max_batch_size=8, wait_s=0.05)
+        failed = await asyncio.gather(*(queue.submit(i) for i in (1, 2)),
+                                      return_exceptions=True)
+        after = await queue.submit(4)
+        return failed, after
+
+    failed, after = asyncio.run(main())
+    assert all(isinstance(error, ValueError) and "bad job 2" in str(error) for error in failed)
+    assert after == 40
+
+
+def test_a_cancelled_caller_is_left_out_of_the_batch():
+    async def main():
+        model = Model()
+        model.release.clear()
+        queue = BatchQueue(model, max_batch_size=8, wait_s=0.0)
+        first = asyncio.create_task(queue.submit(0))
+        await wait_until_computing(model)
+        gone = asyncio.create_task(queue.submit(1))
+        kept = asyncio.create_task(queue.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        model.release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        return await kept, model.batches
+
+    kept, batches = asyncio.run(main())
+    assert kept == 20 and batches == [[0], [2]]
