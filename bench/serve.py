@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--frames-per-request", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
-    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=ServingConfig().max_batch_size)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
     parser.add_argument("--cpus-per-replica", type=float,
@@ -246,7 +246,7 @@ def main() -> None:
     port = free_port()
     max_batch = args.max_batch_size
     settings = {"serving": {"port": port, "max_batch_size": max_batch,
-                            "max_ongoing_requests": max(max_batch, 2 * max_batch),
+                            "max_ongoing_requests": max(max_batch, 4 * max_batch),
                             "max_queued_requests": 4 * max(args.concurrency),
                             "batch_wait_timeout_s": args.batch_wait_ms / 1000,
                             "cpus_per_replica": args.cpus_per_replica,

@@ -93,7 +93,7 @@ def test_override_is_typed_as_the_field(tmp_path):
         ),
         (minimal(stages=[]), [], "stages", "at least one stage"),
         (minimal(), ["stages.0.lr=0"], "stages.0.lr", "greater than 0"),
-        (minimal(), ["serving.max_batch_size=32"], "serving", "max_ongoing_requests"),
+        (minimal(), ["serving.max_batch_size=64"], "serving", "max_ongoing_requests"),
         (minimal(), ["model.audio_channels=80"], "(root)", "audio_channels (80)"),
         (minimal(), ["loss.perceptual_kind=vgg19"], "loss", "vgg19_weights"),
     ],

@@ -42,8 +42,8 @@ def serve_throughput_env() -> dict[str, str]:
 
     HAProxy (shipped with ``ray[serve]``) takes HTTP on ``http_options`` and hands it straight
     to the ingress replicas, which listen themselves; deployments call each other over gRPC.
-    This takes the Python proxy actor off every request: on 2 cores Serve alone carried 3.5x
-    the requests/s (``bench/serve.py``'s ``echo``). Its helper ports and files are made
+    This takes the Python proxy actor off every request: on 2 cores Serve alone carried
+    1.8-3.2x the requests/s (``bench/serve.py``'s ``echo``). Its helper ports and files are made
     private to this Ray (Ray's defaults are fixed ports and /tmp/haproxy-serve), and an
     ingress replica drains for 1 s instead of 30 s when it stops: on one machine there is no
     external load balancer to wait for, only the HAProxy beside it.

@@ -224,7 +224,11 @@ class ServingConfig(Strict):
     """Default: 1 with ``device: cuda``, else 0."""
     max_batch_size: Annotated[int, Field(ge=1)] = 8
     batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.01
-    max_ongoing_requests: Annotated[int, Field(ge=1)] = 16
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 32
+    """Requests a replica holds at once: >= ``max_batch_size``, and a few batches deep, so the
+    next batch fills inside the replica while one computes (callers beyond it wait in the
+    router, which re-polls a full replica with back-off: at 32 callers and 16 here, batches
+    averaged 6.7 of 8 and frames/s halved)."""
     max_queued_requests: Annotated[int, Field(ge=1)] = 64
     """Requests waiting for a replica beyond which callers get 503 + Retry-After."""
     host: str = "127.0.0.1"
