@@ -28,17 +28,19 @@ class Model:
         return [10 * job for job in jobs]
 
 
-async def wait_until_computing(model: Model) -> None:
+async def held_forward(model: Model) -> tuple[BatchQueue, asyncio.Task]:
+    """A queue whose first forward (job 0) is running and held until ``model.release``."""
+    model.release.clear()
+    queue = BatchQueue(model, max_batch_size=8, wait_s=0.0)
+    first = asyncio.create_task(queue.submit(0))
     await asyncio.to_thread(model.started.wait, 5)
+    return queue, first
 
 
 def test_callers_arriving_during_a_forward_share_the_next_batch():
     async def main():
         model = Model()
-        model.release.clear()
-        queue = BatchQueue(model, max_batch_size=8, wait_s=0.0)
-        first = asyncio.create_task(queue.submit(0))
-        await wait_until_computing(model)
+        queue, first = await held_forward(model)
         rest = [asyncio.create_task(queue.submit(i)) for i in range(1, 6)]
         await asyncio.sleep(0.05)  # all five queue behind the running forward
         model.release.set()
@@ -90,10 +92,7 @@ def test_a_failing_batch_fails_its_callers_and_the_queue_keeps_serving():
 def test_a_cancelled_caller_is_left_out_of_the_batch():
     async def main():
         model = Model()
-        model.release.clear()
-        queue = BatchQueue(model, max_batch_size=8, wait_s=0.0)
-        first = asyncio.create_task(queue.submit(0))
-        await wait_until_computing(model)
+        queue, first = await held_forward(model)
         gone = asyncio.create_task(queue.submit(1))
         kept = asyncio.create_task(queue.submit(2))
         await asyncio.sleep(0.01)
