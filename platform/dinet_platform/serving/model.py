@@ -181,14 +181,18 @@ class ModelServer:
                              "misses": self.cache.misses},
         }
 
+    @staticmethod
+    def _cache_key(model: ServedModel, avatar_id: str) -> str:
+        return f"{model.key}|{avatar_id}"
+
     def has_avatar(self, model: ServedModel, avatar_id: str) -> bool:
         """Whether :meth:`avatar` would answer from the cache (without loading anything)."""
         with self._cache_lock:
-            return f"{model.key}|{avatar_id}" in self.cache
+            return self._cache_key(model, avatar_id) in self.cache
 
     def avatar(self, model: ServedModel, avatar_id: str) -> CachedAvatar:
         """The avatar and its reference features for ``model`` (built on a miss)."""
-        key = f"{model.key}|{avatar_id}"
+        key = self._cache_key(model, avatar_id)
         with self._cache_lock:
             entry = self.cache.get(key)
         if entry is None:
