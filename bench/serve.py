@@ -120,6 +120,13 @@ async def load(url: str, avatar: str, windows: np.ndarray, concurrency: int, sec
             "mean_batch": float(np.mean(sizes)) if sizes else 0.0}
 
 
+def measure(url: str, avatar: str, windows: np.ndarray, concurrency: int, seconds: float
+            ) -> dict:
+    """``load`` after a short warm-up at the same concurrency."""
+    asyncio.run(load(url, avatar, windows, concurrency, min(2.0, seconds)))
+    return asyncio.run(load(url, avatar, windows, concurrency, seconds))
+
+
 def echo_app(settings: dict, frame_bytes: int):
     """Serve alone: the lip-sync app's two-deployment shape with the model taken out.
 
@@ -191,6 +198,7 @@ def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: fl
 def main() -> None:
     from dinet_platform.config.schema import ServingConfig
 
+    shipped = ServingConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -198,11 +206,11 @@ def main() -> None:
     parser.add_argument("--frames-per-request", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
-    parser.add_argument("--max-batch-size", type=int, default=ServingConfig().max_batch_size)
+    parser.add_argument("--max-batch-size", type=int, default=shipped.max_batch_size)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="batch_wait_timeout_s in ms (configs/serve.yaml: 10)")
     parser.add_argument("--cpus-per-replica", type=float,
-                        default=ServingConfig().cpus_per_replica,
+                        default=shipped.cpus_per_replica,
                         help="the model replica's CPUs (its torch threads: rounded up); "
                              "default the serving config's")
     parser.add_argument("--python-proxy", action="store_true",
@@ -278,34 +286,37 @@ def main() -> None:
         assert server.model is not None and server.model.version == version
         entry = server.avatar(server.model, avatar)  # built once, as in a warm replica
         mode = server.model.info.description
-        for frames, concurrency in itertools.product(args.frames_per_request, args.concurrency):
+
+        def row(variant: str, frames: int, concurrency: int, **figures) -> dict:
+            return {"variant": variant, "concurrency": concurrency,
+                    "frames_per_request": frames, "width": args.width,
+                    "mouth_size": args.mouth, "mode": "no model" if variant == "echo" else mode,
+                    "http": http, "cpus_per_replica": args.cpus_per_replica, **figures}
+
+        levels = list(itertools.product(args.frames_per_request, args.concurrency))
+        for frames, concurrency in levels:
             print(f"{frames} frame(s) per request, concurrency {concurrency} ...", flush=True)
-            base = {"concurrency": concurrency, "frames_per_request": frames,
-                    "width": args.width, "mouth_size": args.mouth, "mode": mode,
-                    "http": http, "cpus_per_replica": args.cpus_per_replica}
             batch = min(concurrency, max_batch)
-            asyncio.run(load(url, avatar, windows[frames], concurrency, min(2.0, args.seconds)))
-            served = asyncio.run(load(url, avatar, windows[frames], concurrency, args.seconds))
-            rows.append({**base, "variant": "serve", **served})
+            served = measure(url, avatar, windows[frames], concurrency, args.seconds)
+            rows.append(row("serve", frames, concurrency, **served))
             local = in_process(server, avatar, windows[frames], batch, args.seconds,
                                replica_threads)
-            rows.append({**base, "variant": "in_process", "threads": replica_threads, **local})
+            rows.append(row("in_process", frames, concurrency, threads=replica_threads,
+                            **local))
             if all_cores > replica_threads:
                 local = in_process(server, avatar, windows[frames], batch, args.seconds,
                                    all_cores)
-                rows.append({**base, "variant": "in_process_all_cores", "threads": all_cores,
-                             **local})
+                rows.append(row("in_process_all_cores", frames, concurrency,
+                                threads=all_cores, **local))
         serve.delete("dinet")  # free its CPUs for Serve alone
         frame_bytes = math.prod(entry.avatar.sources([0]).shape) * 4  # float32 npy crop
         serve.run(echo_app(settings, frame_bytes), name="echo", route_prefix="/",
                   blocking=False)
-        for frames, concurrency in itertools.product(args.frames_per_request, args.concurrency):
+        for frames, concurrency in levels:
             print(f"Serve alone, {frames} frame(s) per request, concurrency {concurrency} ...",
                   flush=True)
-            asyncio.run(load(url, avatar, windows[frames], concurrency, min(2.0, args.seconds)))
-            echo = asyncio.run(load(url, avatar, windows[frames], concurrency, args.seconds))
-            rows.append({**base, "concurrency": concurrency, "frames_per_request": frames,
-                         "mode": "no model", "variant": "echo", **echo})
+            echo = measure(url, avatar, windows[frames], concurrency, args.seconds)
+            rows.append(row("echo", frames, concurrency, **echo))
     finally:
         serve.shutdown()
         import ray
@@ -313,15 +324,11 @@ def main() -> None:
         ray.shutdown()
 
     order = ["serve", "in_process", "in_process_all_cores", "echo"]
-    for row in rows:
-        if row["variant"] == "serve":
-            same = [r for r in rows if (r["frames_per_request"], r["concurrency"])
-                    == (row["frames_per_request"], row["concurrency"])]
-            local = next(r for r in same if r["variant"] == "in_process")
-            first = next(r for r in rows if r["variant"] == "serve"
-                         and r["frames_per_request"] == row["frames_per_request"])
-            row["overhead"] = 1.0 - row["fps"] / local["fps"]
-            row["batching_gain"] = row["fps"] / first["fps"]
+    fps = {(r["variant"], r["frames_per_request"], r["concurrency"]): r["fps"] for r in rows}
+    for served in (r for r in rows if r["variant"] == "serve"):
+        frames, concurrency = served["frames_per_request"], served["concurrency"]
+        served["overhead"] = 1.0 - served["fps"] / fps["in_process", frames, concurrency]
+        served["batching_gain"] = served["fps"] / fps["serve", frames, args.concurrency[0]]
     rows.sort(key=lambda r: (r["frames_per_request"], r["concurrency"], order.index(r["variant"])))
     print(f"HTTP: {http}; model replica: {args.cpus_per_replica} CPUs ({replica_threads} "
           f"torch threads) of {all_cores}; {mode}, width {args.width}, mouth {args.mouth}")
