@@ -114,22 +114,30 @@ class AdaAT(nn.Module):
         self.rotation = nn.Sequential(nn.Linear(para_ch, feature_ch), nn.Tanh())
         self.translation = nn.Sequential(nn.Linear(para_ch, 2 * feature_ch), nn.Tanh())
 
-    def forward(self, feature_map: torch.Tensor, para_code: torch.Tensor) -> torch.Tensor:
-        batch, depth, height, width = feature_map.shape
+    def channel_grids(
+        self, para_code: torch.Tensor, height: int, width: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Each channel's rotated, scaled and translated sampling grid ``(B, D, H, W, 2)``
+        (x, y in [-1, 1] before the transform), from the parameter code ``(B, para_ch)``."""
+        batch, depth = para_code.shape[0], self.feature_ch
         para_code = self.commn_linear(para_code)
         scale = (self.scale(para_code) * 2).view(batch, depth, 1, 1, 1)
         angle = (self.rotation(para_code) * 3.14159).view(batch, depth, 1, 1)
         translation = self.translation(para_code).view(batch, depth, 1, 1, 2)
 
-        kw = {"device": feature_map.device, "dtype": feature_map.dtype}
+        kw = {"device": para_code.device, "dtype": dtype}
         xs = torch.linspace(-1.0, 1.0, width, **kw).view(1, 1, 1, width)
         ys = torch.linspace(-1.0, 1.0, height, **kw).view(1, 1, height, 1)
-        zs = torch.linspace(-1.0, 1.0, depth, **kw).view(1, depth, 1, 1)
         cos, sin = torch.cos(angle), torch.sin(angle)
         warped_x = (cos * xs - sin * ys).unsqueeze(-1)
         warped_y = (sin * xs + cos * ys).unsqueeze(-1)
-        grid_xy = torch.cat([warped_x, warped_y], dim=-1) * scale + translation
-        grid_z = zs.expand(batch, depth, height, width).unsqueeze(-1)
+        return torch.cat([warped_x, warped_y], dim=-1) * scale + translation
+
+    def forward(self, feature_map: torch.Tensor, para_code: torch.Tensor) -> torch.Tensor:
+        batch, depth, height, width = feature_map.shape
+        grid_xy = self.channel_grids(para_code, height, width, feature_map.dtype)
+        zs = torch.linspace(-1.0, 1.0, depth, device=feature_map.device, dtype=feature_map.dtype)
+        grid_z = zs.view(1, depth, 1, 1, 1).expand(batch, depth, height, width, 1)
         grid = torch.cat([grid_xy, grid_z], dim=-1)  # (B, D, H, W, 3)
         sampled = F.grid_sample(feature_map.unsqueeze(1), grid, align_corners=False)
         return sampled.squeeze(1)
