@@ -39,10 +39,12 @@ from dinet_platform.inference import (
 from dinet_platform.inference.fft_conv import FFTConv2d, is_fft_candidate
 from dinet_platform.inference.folding import ConvReLU, count_batchnorms, fold_block, fold_conv_bn
 from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB
+from dinet_platform.inference.structure import FloatWarp
 from dinet_platform.inference.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
 from dinet_platform.inference.weight_storage import FLOAT_LAYERS, INT8_STORED_STAGES
 from dinet_platform.models import DINet, DINetWithAttention
 from dinet_platform.models.blocks import (
+    AdaAT,
     DownBlock1d,
     DownBlock2d,
     ResBlock1d,
@@ -405,6 +407,24 @@ def test_artifacts_load_in_a_fresh_process_without_the_model_code(
     # all: its int8/fp16-stored weights travel as such; the artifact's direct 11x11 convs
     # round differently from the engine's FFT ones
     assert psnr(results["all"], expected["all"]) >= INT8_REPEAT_PSNR_DB
+
+
+# -- the AdaAT warp as 2-D sampling -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("feature_batch,batch,depth", [(1, 1, 256), (1, 4, 16), (3, 3, 8)])
+def test_float_warp_equals_the_trilinear_adaat(feature_batch, batch, depth):
+    """One avatar's features serve a batch of codes, or each frame has its own; the channel
+    axis is sampled off-grid (zero beyond both ends), as the 3-D grid_sample does."""
+    torch.manual_seed(0)
+    adaat = AdaAT(32, depth).eval()
+    features = torch.randn(feature_batch, depth, 13, 10)
+    codes = 3 * torch.randn(batch, 32)  # large codes: rotations, scales and shifts off the map
+    with torch.no_grad():
+        expected = adaat(features.expand(batch, -1, -1, -1), codes)
+        got = FloatWarp(adaat)(features, codes)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 # -- large-kernel convolutions by FFT ----------------------------------------------------------
