@@ -4,8 +4,8 @@ Modes (each step alone, so the benchmark can attribute speed to it, and ``all`` 
 
 - ``fp32``: the original model, full network every frame (the baseline, "naive");
 - ``structure``: generation-only module, BatchNorms folded, the decoder's upsampling convs run
-  at their input's resolution (:func:`prepare_for_inference`), and on CPU the 11x11
-  convolutions computed by FFT (:mod:`~dinet_platform.inference.fft_conv`);
+  at their input's resolution, the warp as 2-D sampling (:func:`prepare_for_inference`), and
+  on CPU the 11x11 convolutions computed by FFT (:mod:`~dinet_platform.inference.fft_conv`);
 - ``cache``: reference features encoded once per avatar, original model otherwise;
 - ``dynamic_int8``: ``quantize_dynamic`` on the Linear layers (all DINet has: see ``quantize``);
 - ``static_int8``: structure + int8 convolutions calibrated on ``calibration`` frames;

@@ -7,6 +7,8 @@
 - every BatchNorm folded into its convolution where that is exact (see ``folding``), and each
   decoder upsampling block (nearest x2, 3x3 conv) computed as four 2x2 phase convs at its
   input's resolution, 4/9 of the work (see ``upsampling``);
+- the AdaAT warp as a 2-D ``grid_sample`` of a channel-blended map (:class:`FloatWarp`: the
+  same trilinear sampling, half the corners);
 - eval-mode constant folding: attention blocks whose learned gate ``gamma`` is exactly 0 are the
   identity and are dropped; the first alignment conv, which reads ``cat([source, reference])``,
   is split into a source half and a reference half (exact: a conv over concatenated channels is
