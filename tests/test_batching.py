@@ -75,6 +75,52 @@ def test_a_lone_caller_waits_no_longer_than_the_wait():
     assert result == 30 and seconds < 2.0
 
 
+def test_an_idle_model_waits_for_as_many_callers_as_its_last_batch_had():
+    """Closed-loop callers: the three answered together come back (at different times) and
+    are batched together again, without waiting for a fourth; a caller whose last batch was
+    alone is never held."""
+
+    async def main():
+        model = Model()
+        queue = BatchQueue(model, max_batch_size=8, wait_s=1.0)
+        await asyncio.gather(*(queue.submit(i) for i in range(3)))  # waits for 8, gets 3
+
+        async def after(seconds: float, job: int) -> int:
+            await asyncio.sleep(seconds)
+            return await queue.submit(job)
+
+        await asyncio.gather(queue.submit(3), after(0.05, 4), after(0.05, 5), after(0.5, 6))
+        lone = BatchQueue(model, max_batch_size=8, wait_s=0.0)
+        await lone.submit(7)  # a batch of one...
+        lone.configure(max_batch_size=8, wait_s=30.0)
+        # ...so its next lone call is not held for the (long) wait
+        return await asyncio.wait_for(lone.submit(8), 5.0), model.batches
+
+    result, batches = asyncio.run(main())
+    assert batches == [[0, 1, 2], [3, 4, 5], [6], [7], [8]]
+    assert result == 80
+
+
+def test_two_groups_of_callers_are_merged_into_one_batch():
+    """One caller computing, three queued behind it: the next batch waits for the one who
+    was answered to come back, rather than alternating a batch of 3 and a batch of 1."""
+
+    async def main():
+        model = Model()
+        queue, first = await held_forward(model)
+        queue.configure(max_batch_size=8, wait_s=5.0)
+        queued = [asyncio.create_task(queue.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await first
+        back = await queue.submit(4)  # job 0's caller, with its next request
+        return back, await asyncio.gather(*queued), model.batches
+
+    back, queued, batches = asyncio.run(main())
+    assert batches == [[0], [1, 2, 3, 4]]
+    assert back == 40 and queued == [10, 20, 30]
+
+
 def test_a_failing_batch_fails_its_callers_and_the_queue_keeps_serving():
     async def main():
         model = Model(fail_on=2)
