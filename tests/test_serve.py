@@ -251,8 +251,12 @@ def test_concurrent_callers_are_batched(served, avatar):
     sizes = asyncio.run(main())
     assert max(sizes) > 1, sizes
     assert max(sizes) <= 4
-    stats = httpx.get(served["url"] + "/v1/model", headers=auth()).json()
+    before = stats = httpx.get(served["url"] + "/v1/model", headers=auth()).json()
     assert any(int(size) > 1 for size in stats["batch_sizes"]), stats["batch_sizes"]
+    asyncio.run(main())
+    after = httpx.get(served["url"] + "/v1/model", headers=auth()).json()
+    assert after["frames_generated"] - before["frames_generated"] == 12 * 2
+    assert after["compute_seconds"] > before["compute_seconds"]
 
 
 def test_overload_is_503_with_retry_after_never_an_unbounded_queue(served, avatar):

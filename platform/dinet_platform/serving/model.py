@@ -137,6 +137,8 @@ class ModelServer:
         self._gate = ForwardGate()
         self.batches = 0
         self.batch_sizes: dict[int, int] = {}
+        self.frames_generated = 0
+        self.compute_seconds = 0.0  # wall time inside generate: busy = its growth / elapsed
 
     def resolve(self) -> int:
         version = alias_holder(self.client, self.serving.model_name, self.serving.alias)
@@ -176,6 +178,8 @@ class ModelServer:
             "model": model.describe() if model else None,
             "batches": self.batches,
             "batch_sizes": dict(self.batch_sizes),
+            "frames_generated": self.frames_generated,
+            "compute_seconds": round(self.compute_seconds, 6),
             "avatar_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                              "max_bytes": self.cache.max_bytes, "hits": self.cache.hits,
                              "misses": self.cache.misses},
@@ -215,6 +219,7 @@ class ModelServer:
         model = self.model
         if model is None:
             raise RuntimeError("no model loaded yet")
+        began = time.perf_counter()
         sources, audios, features, entries, indices = [], [], [], [], []
         for job in jobs:
             entry = self.avatar(model, job.avatar_id)
@@ -240,6 +245,8 @@ class ModelServer:
                                          for i, face in zip(index, part, strict=True)]))
             else:
                 outputs.append(part.permute(0, 2, 3, 1).numpy())
+        self.frames_generated += offset
+        self.compute_seconds += time.perf_counter() - began
         return outputs, model
 
     def dub(self, jobs: JobStore, job_id: str) -> dict[str, Any]:
