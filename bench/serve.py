@@ -1,7 +1,7 @@
 """Serve vs in-process: the frames route under load, and the same frames through the model.
 
     python bench/serve.py [--out FILE.json] [--concurrency 1 8 32] [--seconds 20]
-                          [--frames-per-request 1 5] [--width 0.25] [--mouth 64]
+                          [--rounds 3] [--frames-per-request 1 5] [--width 0.25] [--mouth 64]
                           [--cpus-per-replica 1] [--python-proxy] [--quick]
 
 Starts a local Ray + Serve app (``serve_deployments.lipsync``) the way ``dinet serve`` does
@@ -13,7 +13,10 @@ request; a live avatar streams audio in windows, 5 frames = 200 ms at 25 fps):
 
 - ``serve``: an asyncio httpx client keeps ``concurrency`` requests in flight on
   ``POST /v1/avatars/{id}/frames`` (``npy`` output) for ``--seconds``: frames/s, latency
-  p50/p99, errors, and the mean Serve batch size the responses report;
+  p50/p99, errors, the mean Serve batch size the responses report, and from the replica's
+  counters (``GET /v1/model``) how ``busy`` its model was and its ``compute_fps`` (frames per
+  second of forward time): an overhead with ``busy`` near 1 and ``compute_fps`` below
+  ``in_process`` is the forward slowed by the CPU Serve takes beside it, not batching;
 - ``in_process``: what the replica runs per batch (``ModelServer.generate``: the same
   engine, avatar and audio windows), with as many torch threads as the replica has CPUs
   (``--cpus-per-replica``, default the shipped ``configs/serve.yaml``'s), called directly on
@@ -27,7 +30,9 @@ request; a live avatar streams audio in windows, 5 frames = 200 ms at 25 fps):
   many bytes as the frames route's answer. Its requests/s (as frames/s) is the most the
   frames route could reach here if the model took no time at all.
 
-``overhead`` = 1 - serve fps / in-process fps (same concurrency, same CPUs for the model);
+``serve`` and ``in_process`` alternate in ``--rounds`` windows (the VM's speed drifts by 20 %
+within minutes); ``overhead`` = 1 - serve fps / in-process fps pooled over the rounds (same
+concurrency, same CPUs for the model), ``overhead_range`` the rounds' spread;
 ``batching_gain`` = serve fps / serve fps at concurrency 1. Timings from a busy machine are
 not worth reporting; ``--quick`` just checks the whole path runs (a few seconds per level,
 width 0.125).
@@ -42,6 +47,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,35 +83,73 @@ def register_stand_in(client, config, mouth: int, folder: Path) -> int:
     return version
 
 
+@dataclass
+class Tally:
+    """What one or more measuring windows saw; rounds of the same variant are pooled."""
+
+    frames: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    compute_seconds: float | None = None  # the replica's forward time meanwhile (Serve only)
+    computed_frames: int = 0
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def add(self, other: "Tally") -> "Tally":
+        self.frames += other.frames
+        self.requests += other.requests
+        self.seconds += other.seconds
+        self.latencies += other.latencies
+        self.errors += other.errors
+        self.batch_sizes += other.batch_sizes
+        if other.compute_seconds is not None:
+            self.compute_seconds = (self.compute_seconds or 0.0) + other.compute_seconds
+            self.computed_frames += other.computed_frames
+        return self
+
+    def figures(self) -> dict:
+        out = {"fps": self.fps, "ms_p50": 1000 * median(self.latencies) if self.latencies else 0.0,
+               "ms_p99": 1000 * percentile(self.latencies, 99) if self.latencies else 0.0,
+               "errors": self.errors, "requests": self.requests}
+        if self.batch_sizes:
+            out["mean_batch"] = float(np.mean(self.batch_sizes))
+        if self.compute_seconds:
+            out["busy"] = self.compute_seconds / self.seconds
+            out["compute_fps"] = self.computed_frames / self.compute_seconds
+        return out
+
+
 async def load(url: str, avatar: str, windows: np.ndarray, concurrency: int, seconds: float
-               ) -> dict:
+               ) -> Tally:
     import httpx
 
-    latencies: list[float] = []
-    sizes: list[int] = []
-    errors = 0
-    frames = 0
+    tally = Tally()
     body = {"features": None, "format": "npy"}
     deadline = time.perf_counter() + seconds
 
     async def worker(client: httpx.AsyncClient, seed: int) -> None:
-        nonlocal errors, frames
         step = seed
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             payload = {**body, "features": windows[step % len(windows)].tolist(),
                        "start": step % 25}
+            tally.requests += 1
             try:
                 response = await client.post(f"/v1/avatars/{avatar}/frames", json=payload)
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
             if ok:
-                latencies.append(time.perf_counter() - start)
-                sizes.append(int(response.headers["X-Dinet-Batch-Size"]))
-                frames += len(payload["features"])
+                tally.latencies.append(time.perf_counter() - start)
+                tally.batch_sizes.append(int(response.headers["X-Dinet-Batch-Size"]))
+                tally.frames += len(payload["features"])
             else:
-                errors += 1
+                tally.errors += 1
             step += 1
 
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -113,18 +157,32 @@ async def load(url: str, avatar: str, windows: np.ndarray, concurrency: int, sec
                                  timeout=120, limits=limits) as client:
         began = time.perf_counter()
         await asyncio.gather(*(worker(client, i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - began
-    return {"fps": frames / elapsed, "ms_p50": 1000 * median(latencies) if latencies else 0.0,
-            "ms_p99": 1000 * percentile(latencies, 99) if latencies else 0.0,
-            "errors": errors, "requests": len(latencies) + errors,
-            "mean_batch": float(np.mean(sizes)) if sizes else 0.0}
+        tally.seconds = time.perf_counter() - began
+    return tally
+
+
+def replica_counters(url: str) -> dict | None:
+    """The model replica's running totals (``GET /v1/model``; None for the echo app)."""
+    import httpx
+
+    response = httpx.get(f"{url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=30)
+    return response.json() if response.status_code == 200 else None
 
 
 def measure(url: str, avatar: str, windows: np.ndarray, concurrency: int, seconds: float
-            ) -> dict:
-    """``load`` after a short warm-up at the same concurrency."""
-    asyncio.run(load(url, avatar, windows, concurrency, min(2.0, seconds)))
-    return asyncio.run(load(url, avatar, windows, concurrency, seconds))
+            ) -> Tally:
+    """``load`` after a short warm-up at the same concurrency, and what the replica's forwards
+    took meanwhile: ``busy`` (the fraction of the time it computed) and ``compute_fps`` (frames
+    per second of forward time: below ``in_process``, the replica computed slower than alone)."""
+    asyncio.run(load(url, avatar, windows, concurrency, min(1.0, seconds)))
+    before = replica_counters(url)
+    tally = asyncio.run(load(url, avatar, windows, concurrency, seconds))
+    after = replica_counters(url)
+    if before and after:
+        tally.compute_seconds = after["compute_seconds"] - before["compute_seconds"]
+        tally.computed_frames = after["frames_generated"] - before["frames_generated"]
+    return tally
 
 
 def echo_app(settings: dict, frame_bytes: int):
@@ -172,7 +230,7 @@ def echo_app(settings: dict, frame_bytes: int):
 
 
 def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: float,
-               threads: int) -> dict:
+               threads: int) -> Tally:
     """The replica's own work without Serve: ``ModelServer.generate`` on ``batch`` jobs at a
     time, built as the ingress builds them, on ``threads`` torch threads."""
     from dinet_platform.serving.api import audio_windows
@@ -183,16 +241,16 @@ def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: fl
     width = server.model.info.audio_window
     jobs = [FrameJob(avatar, i % 25, audio_windows(windows[i % len(windows)], width), False)
             for i in range(batch)]
-    latencies, frames = [], 0
+    tally = Tally()
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or not latencies:
+    while time.perf_counter() < deadline or not tally.latencies:
         start = time.perf_counter()
         outputs, _ = server.generate(jobs)
-        latencies.append(time.perf_counter() - start)
-        frames += sum(len(out) for out in outputs)
-    return {"fps": frames / sum(latencies), "ms_p50": 1000 * median(latencies),
-            "ms_p99": 1000 * percentile(latencies, 99), "errors": 0,
-            "requests": len(latencies) * batch}
+        tally.latencies.append(time.perf_counter() - start)
+        tally.frames += sum(len(out) for out in outputs)
+        tally.requests += batch
+    tally.seconds = sum(tally.latencies)
+    return tally
 
 
 def main() -> None:
@@ -204,6 +262,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--frames-per-request", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Serve and in-process windows alternate this many times per level "
+                             "(each seconds/rounds long); figures pool the rounds")
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--mouth", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=shipped.max_batch_size)
@@ -218,7 +279,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.seconds, args.width = 3.0, 0.125
+        args.seconds, args.width, args.rounds = 3.0, 0.125, 1
+    window_s = args.seconds / max(1, args.rounds)
 
     root = Path(tempfile.mkdtemp(prefix="dinet-bench-serve-"))
     os.environ["DINET_HOME"] = str(root / "home")
@@ -297,17 +359,24 @@ def main() -> None:
         for frames, concurrency in levels:
             print(f"{frames} frame(s) per request, concurrency {concurrency} ...", flush=True)
             batch = min(concurrency, max_batch)
-            served = measure(url, avatar, windows[frames], concurrency, args.seconds)
-            rows.append(row("serve", frames, concurrency, **served))
-            local = in_process(server, avatar, windows[frames], batch, args.seconds,
-                               replica_threads)
+            served, local, overheads = Tally(), Tally(), []
+            for _ in range(args.rounds):  # alternating: a drifting machine hits both alike
+                this_serve = measure(url, avatar, windows[frames], concurrency, window_s)
+                this_local = in_process(server, avatar, windows[frames], batch, window_s,
+                                        replica_threads)
+                overheads.append(1.0 - this_serve.fps / this_local.fps)
+                served.add(this_serve)
+                local.add(this_local)
+            rows.append(row("serve", frames, concurrency, **served.figures(),
+                            overhead=1.0 - served.fps / local.fps,
+                            overhead_rounds=overheads))
             rows.append(row("in_process", frames, concurrency, threads=replica_threads,
-                            **local))
+                            **local.figures()))
             if all_cores > replica_threads:
-                local = in_process(server, avatar, windows[frames], batch, args.seconds,
+                local = in_process(server, avatar, windows[frames], batch, window_s,
                                    all_cores)
                 rows.append(row("in_process_all_cores", frames, concurrency,
-                                threads=all_cores, **local))
+                                threads=all_cores, **local.figures()))
         serve.delete("dinet")  # free its CPUs for Serve alone
         frame_bytes = math.prod(entry.avatar.sources([0]).shape) * 4  # float32 npy crop
         serve.run(echo_app(settings, frame_bytes), name="echo", route_prefix="/",
@@ -316,7 +385,7 @@ def main() -> None:
             print(f"Serve alone, {frames} frame(s) per request, concurrency {concurrency} ...",
                   flush=True)
             echo = measure(url, avatar, windows[frames], concurrency, args.seconds)
-            rows.append(row("echo", frames, concurrency, **echo))
+            rows.append(row("echo", frames, concurrency, **echo.figures()))
     finally:
         serve.shutdown()
         import ray
@@ -327,14 +396,15 @@ def main() -> None:
     fps = {(r["variant"], r["frames_per_request"], r["concurrency"]): r["fps"] for r in rows}
     for served in (r for r in rows if r["variant"] == "serve"):
         frames, concurrency = served["frames_per_request"], served["concurrency"]
-        served["overhead"] = 1.0 - served["fps"] / fps["in_process", frames, concurrency]
+        served["overhead_range"] = (f"{min(served['overhead_rounds']):.3f}.."
+                                    f"{max(served['overhead_rounds']):.3f}")
         served["batching_gain"] = served["fps"] / fps["serve", frames, args.concurrency[0]]
     rows.sort(key=lambda r: (r["frames_per_request"], r["concurrency"], order.index(r["variant"])))
     print(f"HTTP: {http}; model replica: {args.cpus_per_replica} CPUs ({replica_threads} "
           f"torch threads) of {all_cores}; {mode}, width {args.width}, mouth {args.mouth}")
     print(markdown_table(rows, ["variant", "frames_per_request", "concurrency", "fps", "ms_p50",
-                                "ms_p99", "errors", "requests", "mean_batch", "overhead",
-                                "batching_gain"]))
+                                "ms_p99", "errors", "requests", "mean_batch", "busy", "compute_fps",
+                                "overhead", "overhead_range", "batching_gain"]))
     write_json(args.out, {"device": "cpu", "http": http, "rows": rows})
 
 
