@@ -93,7 +93,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     batch_sizes: list[int] = field(default_factory=list)
-    compute_seconds: float | None = None  # the replica's forward time meanwhile (Serve only)
+    compute_seconds: float = 0.0  # the replica's forward time meanwhile (Serve only)
     computed_frames: int = 0
 
     @property
@@ -107,9 +107,8 @@ class Tally:
         self.latencies += other.latencies
         self.errors += other.errors
         self.batch_sizes += other.batch_sizes
-        if other.compute_seconds is not None:
-            self.compute_seconds = (self.compute_seconds or 0.0) + other.compute_seconds
-            self.computed_frames += other.computed_frames
+        self.compute_seconds += other.compute_seconds
+        self.computed_frames += other.computed_frames
         return self
 
     def figures(self) -> dict:
@@ -368,8 +367,8 @@ def main() -> None:
                 served.add(this_serve)
                 local.add(this_local)
             rows.append(row("serve", frames, concurrency, **served.figures(),
-                            overhead=1.0 - served.fps / local.fps,
-                            overhead_rounds=overheads))
+                            overhead=1.0 - served.fps / local.fps, overhead_rounds=overheads,
+                            overhead_range=f"{min(overheads):.3f}..{max(overheads):.3f}"))
             rows.append(row("in_process", frames, concurrency, threads=replica_threads,
                             **local.figures()))
             if all_cores > replica_threads:
@@ -396,8 +395,6 @@ def main() -> None:
     fps = {(r["variant"], r["frames_per_request"], r["concurrency"]): r["fps"] for r in rows}
     for served in (r for r in rows if r["variant"] == "serve"):
         frames, concurrency = served["frames_per_request"], served["concurrency"]
-        served["overhead_range"] = (f"{min(served['overhead_rounds']):.3f}.."
-                                    f"{max(served['overhead_rounds']):.3f}")
         served["batching_gain"] = served["fps"] / fps["serve", frames, args.concurrency[0]]
     rows.sort(key=lambda r: (r["frames_per_request"], r["concurrency"], order.index(r["variant"])))
     print(f"HTTP: {http}; model replica: {args.cpus_per_replica} CPUs ({replica_threads} "
