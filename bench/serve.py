@@ -192,7 +192,7 @@ def echo_app(settings: dict, frame_bytes: int):
     from dinet_platform.serving.batching import BatchQueue
     from ray import serve
 
-    from serve_deployments.lipsync import ingress_max_ongoing
+    from serve_deployments.lipsync import ingress_max_ongoing, replica_handle
 
     serving = settings["serving"]
     app = FastAPI()
@@ -216,7 +216,7 @@ def echo_app(settings: dict, frame_bytes: int):
     @serve.ingress(app)
     class Ingress:
         def __init__(self, echo):
-            self.echo = echo
+            self.echo = replica_handle(echo)
 
         @app.post("/v1/avatars/{avatar}/frames")
         async def frames(self, avatar: str, request: Request) -> Response:
