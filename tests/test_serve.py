@@ -179,13 +179,16 @@ def test_health_readiness_and_model_info(served, http):
 
 def test_http_goes_through_haproxy_straight_to_the_ingress_replica(served, http):
     """The embedded Ray runs Serve in its throughput mode: HAProxy in front, no Python proxy on
-    the request path (the ingress replica listens itself)."""
+    the request path (the ingress replica listens itself), and the ingress calls the model over
+    gRPC, although the test process that deployed the app is not in that mode itself."""
     from ray.util.state import list_actors
 
     alive = {actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")],
                                                          limit=1000)}
     assert "HAProxyManager" in alive, alive
-    assert http.get("/v1/model").status_code == 200
+    info = http.get("/v1/model")
+    assert info.status_code == 200
+    assert info.json()["transport"] == "grpc"
 
 
 def test_serve_mode_is_left_to_an_environment_that_chooses(monkeypatch):
