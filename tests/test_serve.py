@@ -79,7 +79,7 @@ def served(ray_local, prepared_dir, tmp_path_factory):
             "serving": {"port": port, "max_batch_size": 4, "batch_wait_timeout_s": 0.2,
                         "max_ongoing_requests": 8, "max_queued_requests": 16,
                         "cpus_per_replica": 0.5, "max_request_bytes": 1 << 20,
-                        "max_frames_per_request": 16,
+                        "max_frames_per_request": 48,
                         "avatar_dir": str(root / "avatars")},
             "tracking": {"tracking_uri": client.tracking_uri},
         }
@@ -198,6 +198,7 @@ def test_serve_mode_is_left_to_an_environment_that_chooses(monkeypatch):
     env = serve_throughput_env()
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     ports = [value for key, value in env.items() if key.endswith("_PORT")]
+    assert int(env["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) > 4 << 20
     assert len(set(ports)) == len(ports) == 4  # free ports, not Ray's fixed 8404/9101/8500/9500
     assert not any(value.startswith("/tmp/haproxy-serve") for value in env.values())
     monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")
@@ -229,6 +230,11 @@ def test_frames_match_the_offline_engine(served, http, avatar):
     assert full.shape == (6, 160, 160, 3) and full.dtype == np.uint8
     assert (full[0] != stored.frames[2]).any()
     assert (full[0][:20] == stored.frames[2][:20]).all()  # far from the mouth: untouched
+
+    # 48 float32 crops are 4.8 MB: over gRPC's default 4 MB message limit between replicas
+    many = frames_npy(http, avatar, features(48, 1), start=0)
+    assert many.status_code == 200, many.text
+    assert np.load(io.BytesIO(many.content)).shape == (48, 104, 80, 3)
 
     png = http.post(f"/v1/avatars/{avatar}/frames", json={"features": feats.tolist(),
                                                           "start": 2})
@@ -310,7 +316,7 @@ def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, 
     check(http.post(url, json={"features": [[0] * 29], "format": "gif"}), 422, "format")
     check(http.post(url, json={"features": [[0] * 29], "output": "gif"}), 422, "output")
     check(http.post(url, json={}), 422, "features")
-    check(http.post(url, json={"features": [[0] * 29] * 17}), 413, "features", "limit is 16")
+    check(http.post(url, json={"features": [[0] * 29] * 49}), 413, "features", "limit is 48")
     check(http.post(url, content=b"{nope", headers={"Content-Type": "application/json"}),
           422, "body")
     wav8k = api.pcm_wav(np.zeros(8000), 8000)

@@ -36,6 +36,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's own ceiling
+
+
 def serve_throughput_env() -> dict[str, str]:
     """Ray Serve's throughput mode for a Ray started here, unless the environment already
     chooses (``RAY_SERVE_ENABLE_HA_PROXY=0`` keeps Ray's Python HTTP proxy).
@@ -55,6 +58,9 @@ def serve_throughput_env() -> dict[str, str]:
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # gRPC refuses messages over 4 MB by default: 42 float32 crops at mouth 64, or one
+        # 4K frame. The request limits (max_frames_per_request) bound replies instead.
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES),
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
