@@ -81,3 +81,39 @@ def test_check_models_command_times_every_stage(tmp_path):
     result = CliRunner().invoke(app, ["check-models", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "104x80" in result.output and "156x120" in result.output
+
+
+def test_only_the_mouth_box_is_generated():
+    generator, _, _, _, batch = setup(LossConfig())
+    fake = generator(batch["clip_source"], batch["reference"], batch["clip_audio"])
+    outside = (1 - batch["mouth_mask"]).bool().unsqueeze(1).expand_as(fake)
+    assert torch.equal(fake[outside], batch["clip_source"][outside])
+    inside = ~outside
+    assert not torch.equal(fake[inside], batch["clip_source"][inside])
+
+
+def test_terms_with_weight_zero_are_not_computed_and_unused_discriminators_not_trained(
+    monkeypatch,
+):
+    from dinet_platform.config.schema import TemporalWeights
+
+    off = TemporalWeights(frame_diff=0, optical_flow=0, mouth_temporal=0, long_term=0)
+    loss = LossConfig(gan=0, perceptual=0, temporal=off)
+    generator, discriminators, objective, optimizers, batch = setup(loss)
+    before = [snapshot(m) for m in (discriminators.frame, discriminators.clip)]
+    losses = train_step(generator, discriminators, objective, optimizers, batch)
+    assert set(losses) == {"g_l1", "g_mouth_l1", "g_total"}
+    after = [snapshot(m) for m in (discriminators.frame, discriminators.clip)]
+    for old, new in zip(before, after, strict=True):
+        assert all(torch.equal(old[k], new[k]) for k in old)
+    # Temporal terms on but the flow's weight 0: the flow is never estimated.
+    import dinet_platform.losses.temporal as temporal_module
+
+    def no_flow(*_args, **_kwargs):
+        raise AssertionError("optical flow estimated at weight 0")
+
+    monkeypatch.setattr(temporal_module, "estimate_flow", no_flow)
+    _, _, objective, _, _ = setup(loss.model_copy(
+        update={"temporal": off.model_copy(update={"mouth_temporal": 1.0})}))
+    terms = objective.generator_losses(batch["clip"] + 0.1, batch, discriminators)
+    assert terms["temporal_mouth_temporal"] > 0 and terms["temporal_optical_flow"] == 0

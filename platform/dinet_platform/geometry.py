@@ -67,6 +67,15 @@ def crop_geometry(mouth_size: int) -> CropGeometry:
     )
 
 
+def mouth_size_of_crop(height: int, width: int) -> int:
+    """The mouth size whose crop is ``height x width`` (the inverse of :func:`crop_geometry`)."""
+    guess = round(height * 8 / 13 / 4) * 4
+    for size in (guess - 4, guess, guess + 4):
+        if size > 0 and crop_geometry(size).crop_shape == (height, width):
+            return size
+    raise ValueError(f"{height}x{width} is not the crop of any DINet mouth size")
+
+
 # The mouth box as fractions of the crop. For every mouth size that is a multiple of 32 these
 # are exact (H = 13q, W = 10q with q = m / 8): rows [4q, 12q), columns [q, 9q).
 MOUTH_TOP, MOUTH_BOTTOM = 4 / 13, 12 / 13

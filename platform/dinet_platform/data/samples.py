@@ -6,8 +6,7 @@ every pixel through the object store and hold whole videos in memory) we pre-ind
 The index is built from the manifest alone, ``(video, t)`` for every valid clip start, so it
 costs nothing to build or to shuffle. Each worker then reads only the row groups it needs from
 the video's shard through a small per-process cache (:class:`ShardReader`) and decodes only the
-frames of its samples. Windows are grouped into blocks of one video (see
-:func:`sample_windows`), so consecutive samples reuse cached row groups and decoded frames.
+frames of its samples, once: the decoded crops stay in the cache for later epochs.
 
 Sample layout for mouth size ``m`` (crop ``H x W`` = ``crop_geometry(m).crop_shape``), clip
 length ``L``, ``n_refs`` references, audio window ``A`` and feature size ``D``:
@@ -59,10 +58,12 @@ class ShardReader:
     """Per-process cache of open shards: small columns whole, face bytes by row group.
 
     Memory is bounded by ``max_row_groups`` (about 2 MB each at mouth 160) and
-    ``max_decoded`` frames, whatever the video length.
+    ``max_decoded`` frames, whatever the video length. Training windows come from every video
+    in random order, so the decoded cache holds a whole small training set: frames are
+    decoded once, not once per epoch.
     """
 
-    def __init__(self, max_files: int = 16, max_row_groups: int = 64, max_decoded: int = 256):
+    def __init__(self, max_files: int = 64, max_row_groups: int = 256, max_decoded: int = 4096):
         self.max_files, self.max_row_groups, self.max_decoded = (
             max_files,
             max_row_groups,

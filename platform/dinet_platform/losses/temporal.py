@@ -78,6 +78,12 @@ class TemporalConsistencyLoss(nn.Module):
         # A buffer so that .to(device) moves it; not persistent, as it is derived from config.
         self.register_buffer("mouth_mask", mouth_mask, persistent=False)
 
+    @property
+    def active(self) -> bool:
+        """Whether any term has a weight (an inactive loss need not be computed)."""
+        w = self.weights
+        return any(v > 0 for v in (w.frame_diff, w.optical_flow, w.mouth_temporal, w.long_term))
+
     def forward(self, generated: torch.Tensor, target: torch.Tensor) -> TemporalLossTerms:
         if generated.dim() != 5 or generated.shape != target.shape:
             raise ValueError(
@@ -88,11 +94,13 @@ class TemporalConsistencyLoss(nn.Module):
             raise ValueError(f"temporal loss needs at least 2 frames, got T={generated.shape[1]}")
         error = generated - target
         step = error[:, 1:] - error[:, :-1]
+        weights = self.weights
         frame_diff = step.abs().mean()
         mouth_temporal = self._mouth_mean(step.abs())
-        optical_flow = self._flow_term(error, target.detach())
+        # Flow estimation is most of this loss's cost: skipped (reported as 0) at weight 0.
+        optical_flow = (self._flow_term(error, target.detach()) if weights.optical_flow > 0
+                        else error.new_zeros(()))
         long_term = self._long_term(error)
-        weights = self.weights
         total = (
             weights.frame_diff * frame_diff
             + weights.optical_flow * optical_flow
