@@ -37,7 +37,11 @@ TINY = {
     "data": {"clip_len": 3},
     "training": {"num_workers": 2, "cpus_per_worker": 0.5, "steps_per_epoch": 2,
                  "max_failures": 0},
-    "evaluation": {"max_frames": 24},
+    # These tests are about the holder gates, promotion and rollback on models trained two
+    # steps; the floor (beat the baselines) has tests of its own and is opened here.
+    "evaluation": {"max_frames": 24, "gates": {"min_mouth_psnr_gain_db": -100.0,
+                                               "min_mouth_open_corr": -1.0,
+                                               "min_sync_confidence_gain": -100.0}},
 }
 NAME = "dinet"
 
@@ -246,25 +250,55 @@ def test_bad_input_leaves_the_registry_unchanged(trained, embedded, tmp_path):
 def test_gate_rules():
     gates = GateConfig(max_mouth_psnr_drop_db=0.5, max_sync_confidence_drop=0.0,
                        max_warp_error_increase=0.1)
-    holder_metrics = {"mouth_psnr": 30.0, "mouth_ssim": 0.9, "lse_c": 2.0, "warp_error": 0.01}
+    holder_metrics = {"mouth_psnr": 30.0, "mouth_ssim": 0.9, "lse_c": 2.0, "warp_error": 0.01,
+                      "mouth_open_corr": 0.8}
+    paste = {"mouth_psnr": 20.0, "mouth_ssim": 0.7, "lse_c": 0.5, "warp_error": 0.02,
+             "mouth_open_corr": 0.0}
     same = dict(holder_metrics)
-    assert gates_passed(check_gates(same, holder_metrics, gates))
-    assert gates_passed(check_gates({**same, "mouth_psnr": 29.6}, holder_metrics, gates))
-    assert not gates_passed(check_gates({**same, "mouth_psnr": 29.4}, holder_metrics, gates))
-    assert not gates_passed(check_gates({**same, "lse_c": 1.99}, holder_metrics, gates))
-    assert gates_passed(check_gates({**same, "warp_error": 0.0109}, holder_metrics, gates))
-    assert not gates_passed(check_gates({**same, "warp_error": 0.0111}, holder_metrics, gates))
+
+    def passed(candidate, holder, config=gates):
+        return gates_passed(check_gates(candidate, holder, config, paste))
+
+    assert passed(same, holder_metrics)
+    assert passed({**same, "mouth_psnr": 29.6}, holder_metrics)
+    assert not passed({**same, "mouth_psnr": 29.4}, holder_metrics)
+    assert not passed({**same, "lse_c": 1.99}, holder_metrics)
+    assert passed({**same, "warp_error": 0.0109}, holder_metrics)
+    assert not passed({**same, "warp_error": 0.0111}, holder_metrics)
     # Identical reconstructions: inf against inf passes, finite against inf does not.
     perfect = {**holder_metrics, "mouth_psnr": float("inf")}
-    assert gates_passed(check_gates(perfect, perfect, gates))
-    assert not gates_passed(check_gates(same, perfect, gates))
+    assert passed(perfect, perfect)
+    assert not passed(same, perfect)
     # Without a sync expert the sync gate is skipped, unless it is required.
     no_sync = {k: v for k, v in same.items() if k != "lse_c"}
-    results = check_gates(no_sync, no_sync, gates)
+    results = check_gates(no_sync, no_sync, gates, paste)
     assert gates_passed(results) and any(r.skipped for r in results)
     required = gates.model_copy(update={"require_sync_expert": True})
-    assert not gates_passed(check_gates(no_sync, no_sync, required))
-    assert gates_passed(check_gates(same, None, gates))  # no holder yet
+    assert not passed(no_sync, no_sync, required)
+    assert passed(same, None)  # no holder yet: the floor alone
+
+
+def test_the_floor_refuses_what_does_not_beat_the_baselines_even_without_a_holder():
+    gates = GateConfig()  # the defaults
+    paste = {"mouth_psnr": 19.5, "lse_c": 0.03, "mouth_open_corr": 0.0}
+    # What 7636b4f's demo promoted: below the still mouth, and deaf to the audio.
+    no_mouth = {"mouth_psnr": 15.3, "lse_c": 0.026, "mouth_open_corr": 0.04}
+    results = check_gates(no_mouth, None, gates, paste)
+    assert not gates_passed(results)
+    assert {r.metric for r in results if not r.passed} == {"floor_mouth_psnr", "floor_audio"}
+    # Sharp but still: a better PSNR alone is not enough, the mouth must follow the audio.
+    still = {"mouth_psnr": 23.0, "lse_c": 0.02, "mouth_open_corr": 0.05}
+    assert [r.metric for r in check_gates(still, None, gates, paste) if not r.passed] == [
+        "floor_audio"]
+    # One that lip-syncs passes, with or without a sync expert's numbers.
+    syncing = {"mouth_psnr": 23.5, "lse_c": 0.3, "mouth_open_corr": 0.7}
+    assert gates_passed(check_gates(syncing, None, gates, paste))
+    without_expert = {k: v for k, v in syncing.items() if k != "lse_c"}
+    assert gates_passed(check_gates(without_expert, None, gates, paste))
+    # Nothing measured whether the mouth follows the audio, or no baseline: refused.
+    bare = {"mouth_psnr": 30.0}
+    assert not gates_passed(check_gates(bare, None, gates, {"mouth_psnr": 19.5}))
+    assert not gates_passed(check_gates(syncing, None, gates, None))
 
 
 def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypatch):

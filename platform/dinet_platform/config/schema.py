@@ -274,8 +274,21 @@ class ServingConfig(Strict):
 
 
 class GateConfig(Strict):
-    """Promotion gates: the candidate may be no worse than the alias holder by more than these
-    margins, measured in the same evaluation run on the same held-out data."""
+    """Promotion gates, measured in the same evaluation run on the same held-out data.
+
+    The floor (always, holder or not): the candidate must beat the still-mouth baseline
+    (``paste_reference``) on mouth PSNR and show that it uses the audio. Then, when the alias
+    has a holder, the candidate may be no worse than it by more than the ``max_*`` margins."""
+
+    min_mouth_psnr_gain_db: float = 1.0
+    """Floor: mouth PSNR at least this many dB above ``paste_reference``'s."""
+    min_mouth_open_corr: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.3
+    """Floor, audio dependence: the lip reader's mouth opening on the generated frames must
+    correlate with the true opening at least this much (where the data tracks the lips; a
+    mouth that ignores the audio scores ~0)."""
+    min_sync_confidence_gain: float = 0.0
+    """Floor, audio dependence: LSE-C above ``paste_reference``'s by more than this (where a
+    sync expert is available)."""
 
     max_mouth_psnr_drop_db: NonNegative = 0.25
     """Mouth-region PSNR may be lower by at most this many dB."""

@@ -34,7 +34,7 @@ from rich.console import Console
 
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.data.shards import ShardError, load_manifest
-from dinet_platform.evaluation.evaluate import load_model
+from dinet_platform.evaluation.evaluate import PASTE_REFERENCE, load_model
 from dinet_platform.evaluation.job import (
     EvaluationOutcome,
     final_stage_run,
@@ -272,7 +272,8 @@ def promote(
         tags={"dinet.promotion": f"{name} v{version} -> {alias}"},
         extra={"promotion": {"version": version, "alias": alias, "holder": holder}})
     metrics = evaluation.result.metrics
-    gates = check_gates(metrics["candidate"], metrics.get(alias), config.evaluation.gates)
+    gates = check_gates(metrics["candidate"], metrics.get(alias), config.evaluation.gates,
+                        metrics.get(PASTE_REFERENCE))
     passed = gates_passed(gates)
     prefix = f"dinet.gates.{alias}"
     verdict = "passed" if passed else ("forced" if force else "refused")
