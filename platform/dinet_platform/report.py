@@ -24,7 +24,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dinet_platform.evaluation.evaluate import BASELINES, GROUND_TRUTH
+from dinet_platform.config.schema import GateConfig
+from dinet_platform.evaluation.evaluate import BASELINES, GROUND_TRUTH, PASTE_REFERENCE
 from dinet_platform.evaluation.report import LABELS, format_value, read_report
 from dinet_platform.paths import dinet_home
 from dinet_platform.tracking import KIND_TAG, PARENT_TAG, STAGE_TAG, find_runs, get_run
@@ -40,6 +41,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.model td:first-child{font-weight:600}img{max-width:100%;border:1px solid #ddd}
+.verdict{font-size:1.2em;padding:.4em .6em;background:#f6f6f0;border-left:4px solid #888}
 .muted{color:#777}figure{margin:.5em 0 1.5em}figcaption{color:#555;font-size:.9em}
 """
 
@@ -116,6 +118,7 @@ def _evaluation_section(client: MlflowClient, run_id: str | None, scratch: Path)
             entry, _, name = key.partition("/")
             metrics.setdefault(entry, {})[name] = value
         caption = "from the run's logged metrics"
+    parts.insert(0, _verdict(metrics))
     entries = _ordered_entries(metrics)
     columns = [m for m in TABLE_METRICS if any(m in metrics[e] for e in entries)]
     rows = []
@@ -133,6 +136,26 @@ def _evaluation_section(client: MlflowClient, run_id: str | None, scratch: Path)
     if comparison is not None:
         parts.append(_figure(comparison.read_bytes(), "sample mouth per entry and metrics"))
     return parts
+
+
+def _verdict(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """The report's first line: does the evaluated model beat the still-mouth baseline?"""
+    models = [e for e in _ordered_entries(metrics) if e not in (*BASELINES, GROUND_TRUTH)]
+    paste = metrics.get(PASTE_REFERENCE)
+    if not models or paste is None:
+        return "<p class=verdict>No verdict: the evaluation has no model and baseline.</p>"
+    name, model = models[0], metrics[models[0]]
+    gain = model["mouth_psnr"] - paste["mouth_psnr"]
+    corr = model.get("mouth_open_corr")
+    follows = corr is not None and corr >= GateConfig().min_mouth_open_corr
+    beats = gain >= GateConfig().min_mouth_psnr_gain_db and follows
+    words = "beats" if beats else "does NOT beat"
+    detail = f"mouth PSNR {model['mouth_psnr']:.1f} dB vs {paste['mouth_psnr']:.1f} ({gain:+.1f})"
+    if corr is not None:
+        detail += (f"; mouth opening follows the true one with r = {corr:.2f} (still mouth: "
+                   f"{paste.get('mouth_open_corr', 0.0):.2f})")
+    return (f"<p class=verdict><b>{_e(name)} {words} the baselines</b> on held-out videos: "
+            f"{_e(detail)}.</p>")
 
 
 def _ordered_entries(metrics: Mapping[str, Any]) -> list[str]:
