@@ -1,7 +1,11 @@
 """Training throughput: a plain PyTorch loop vs the same steps in Ray Train (1 and 2 workers).
 
     python bench/training.py [--out FILE.json] [--config configs/demo.yaml] [--stage 64]
-                             [--steps 24] [--warmup 2]
+                             [--steps 24] [--warmup 2] [--objectives]
+
+``--objectives`` instead compares what one step of the objective costs: the demo's full
+objective at 7636b4f (GAN + MS-SSIM + temporal terms, 5-frame clips) vs ``--config``'s, in
+generated frames per second on one thread.
 
 Every variant runs the platform's own ``train_step`` (discriminators, then the generator on the
 full objective) on the same in-memory batch of the stage's shape, so the difference is what
@@ -118,6 +122,39 @@ def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, st
             "time_to_first_step_s": metrics["first_step_at"] - started}
 
 
+# The demo objective at 7636b4f (before issue 18): every term on, clips of 5 frames, batch 4.
+FULL_OBJECTIVE = {
+    "model": {"variant": "dinet_attention", "width": 0.125, "discriminator_width": 0.25,
+              "attention": {"reduction": 4}},
+    "stages": [{"mouth_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-4}],
+    "data": {"clip_len": 5},
+}
+
+
+def compare_objectives(args: argparse.Namespace) -> None:
+    """Frames/s of one training step, 1 thread: the 7636b4f demo objective vs ``--config``'s
+    (a frame is one generated image; a sample is a clip of ``clip_len`` frames)."""
+    variants = {"full objective (7636b4f demo)": DINetConfig.model_validate(FULL_OBJECTIVE),
+                f"{args.config}": load_config(args.config)}
+    rows = []
+    for rounds in range(2):  # alternate, so drift in the machine's speed lands on both
+        for name, config in variants.items():
+            stats = run_steps(config, args.stage, args.steps, args.warmup, 1, distributed=False)
+            frames = stats["samples_per_s"] * config.data.clip_len
+            if rounds == 0:
+                rows.append({"variant": name, "clip_len": config.data.clip_len,
+                             "batch_size": config.stage(args.stage).batch_size,
+                             "frames_per_s": [frames]})
+            else:
+                next(r for r in rows if r["variant"] == name)["frames_per_s"].append(frames)
+    for row in rows:
+        row["frames_per_s"] = sum(row["frames_per_s"]) / len(row["frames_per_s"])
+        row["vs_full"] = row["frames_per_s"] / rows[0]["frames_per_s"]
+    print(f"\nstage {args.stage}, 1 thread, median of {args.steps} steps, 2 alternating rounds\n")
+    print(markdown_table(rows, ["variant", "clip_len", "batch_size", "frames_per_s", "vs_full"]))
+    write_json(args.out, {"rows": rows})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out")
@@ -125,7 +162,12 @@ def main() -> None:
     parser.add_argument("--stage", type=int, default=64, help="mouth size of the stage")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--objectives", action="store_true",
+                        help="compare the cost of a step: 7636b4f's full objective vs --config")
     args = parser.parse_args()
+    if args.objectives:
+        compare_objectives(args)
+        return
     config = load_config(args.config)
     cpus = 2
 

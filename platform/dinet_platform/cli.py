@@ -168,9 +168,13 @@ def check_models(
 @app.command("demo")
 def demo(config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption = None) -> None:
     """Run the end-to-end demo at the demo config."""
-    from dinet_platform.demo import run_demo
+    from dinet_platform.demo import DemoRefused, run_demo
 
-    run_demo(load_or_exit(config, overrides), console)
+    try:
+        run_demo(load_or_exit(config, overrides), console)
+    except DemoRefused as exc:
+        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _register_subcommands() -> None:

@@ -37,6 +37,13 @@ from dinet_platform.training.stage import default_shards
 DEMO_VIDEOS = 8
 DEMO_SECONDS = 4.0
 DEMO_SWEEP = PROJECT_ROOT / "configs" / "demo_sweep.yaml"
+BASE_MODEL = PROJECT_ROOT / "models" / "base"
+"""The base model the demo fine-tunes (``configs/base.yaml``; provenance in the folder):
+learning to follow the audio from scratch takes ~2,000 steps, 40 times the demo's budget."""
+
+
+class DemoRefused(RuntimeError):
+    """The demo's model failed the promotion gates: the demo stops before serving it."""
 
 
 @dataclass
@@ -83,6 +90,12 @@ def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SW
     _step(state, console, "sync expert", lambda: sync_expert(state, console))
     _step(state, console, "evaluate, register, promote through the gates",
           lambda: register_and_promote(state, console))
+    if "refused" in state.outputs:
+        # Nothing holds @production: serving it would serve a model that does not work.
+        _step(state, console, "report", lambda: report(state, console))
+        raise DemoRefused(f"the trained model does not beat the baselines, so it was not "
+                          f"promoted and is not served: {state.outputs['refused']}. "
+                          f"Report: {state.outputs.get('report')}")
     _step(state, console, "int8 optimization (registered as its own version)",
           lambda: optimize_int8(state, console))
     _step(state, console, "Ray Serve over HTTP: an avatar, a dubbed held-out clip",
@@ -119,7 +132,9 @@ def prepare(state: DemoState, console: Console) -> None:
 
 
 def train(state: DemoState, console: Console) -> None:
-    result = run_pipeline(state.config, state.client, shards=state.shards, console=console)
+    console.print(f"starting from the base model {BASE_MODEL} (see its provenance.json)")
+    result = run_pipeline(state.config, state.client, shards=state.shards,
+                          init_from=str(BASE_MODEL), console=console)
     state.pipeline_run = result.run_id
 
 
@@ -176,6 +191,8 @@ def register_and_promote(state: DemoState, console: Console) -> None:
     verdict = "promoted" if outcome.moved else "refused by the gates"
     console.print(f"{name} version {registration.version} -> @{PRODUCTION}: {verdict}; "
                   f"{summary(outcome.gates)}")
+    if not outcome.moved:
+        state.outputs["refused"] = summary([g for g in outcome.gates if not g.passed])
 
 
 def optimize_int8(state: DemoState, console: Console) -> None:
