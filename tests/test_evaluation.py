@@ -231,15 +231,18 @@ def test_trained_expert_is_registered_and_finds_a_shifted_mouth(trained, prepare
                 pair = (mouths, features)
             found[split][shift] = sync_scores(expert, *pair, max_offset=6).offset
     # Exact on a clip it trained on. On the held-out clip a 300-step expert trained on three
-    # 1.6 s clips is only roughly right: runs on clean clones found {-4: -3, 0: 1, 4: 6} as
-    # well as exact offsets (the float order differs with thread counts and CPUs). What it
-    # must get right there: aligned audio reads as (nearly) aligned, and the offsets it finds
-    # follow the shift in order and direction.
+    # 1.6 s clips is only roughly right, and how rough depends on the CPU's float order: clean
+    # clones found {-4: -3, 0: 1, 4: 6} and {-4: -4, 0: 2, 4: 6} as well as exact offsets. What
+    # it must get right there: aligned audio reads as nearly aligned, the offsets it finds follow
+    # the shift in order and direction, and each shift is recovered (relative to the aligned
+    # read) within two frames.
     assert found["train"] == {-4: -4, 0: 0, 4: 4}, found
     held_out = found["val"]
-    assert abs(held_out[0]) <= 1, found
+    assert abs(held_out[0]) <= 2, found
     assert held_out[-4] < held_out[0] < held_out[4], found
     assert held_out[-4] < 0 < held_out[4], found
+    for shift in (-4, 4):
+        assert abs(held_out[shift] - held_out[0] - shift) <= 2, found
 
 
 # --------------------------------------------------------------------------- the evaluation job
