@@ -57,6 +57,22 @@ def test_shipped_sweep_config_is_valid():
     assert {"loss.temporal.frame_diff", "model.attention.mouth_region_weight"} <= set(sweep.space)
 
 
+def test_init_from_resolves_like_base_config(tmp_path, monkeypatch):
+    """A local init_from is read relative to the sweep file (as the demo's ../models/base is);
+    run ids and URIs pass through untouched."""
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    (tmp_path / "else" / "where").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "else" / "where")  # where ../models/base does not exist
+    path = write_sweep(sweeps, init_from="../models/base")
+    sweep, _ = load_sweep_config(path)
+    assert Path(sweep.init_from).resolve() == (tmp_path / "models" / "base").resolve()
+    for reference in ("models:/dinet@production", "0123456789abcdef0123456789abcdef"):
+        sweep, _ = load_sweep_config(write_sweep(sweeps, init_from=reference))
+        assert sweep.init_from == reference
+
+
 @pytest.mark.parametrize(
     ("space", "detail"),
     [

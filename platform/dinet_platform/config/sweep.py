@@ -79,7 +79,8 @@ class SweepConfig(_Strict):
     epochs: Annotated[int, Field(ge=1)] | None = None
     """Epochs per trial (the ASHA horizon); default: the stage's epochs."""
     init_from: str | None = None
-    """Fine-tune from a checkpoint (MLflow run id, URI or file) instead of from scratch."""
+    """Fine-tune from a checkpoint (MLflow run id, URI, or a file or folder: relative to the
+    CWD or to this file) instead of from scratch."""
     searcher: Literal["optuna", "random"] = "optuna"
     num_samples: Annotated[int, Field(ge=1)] = 8
     max_concurrent_trials: Annotated[int, Field(ge=1)] = 2
@@ -122,6 +123,10 @@ def load_sweep_config(path: str | Path) -> tuple[SweepConfig, DINetConfig]:
     base_path = Path(sweep.base_config)
     if not base_path.is_absolute() and not base_path.exists():
         base_path = path.parent / base_path
+    if sweep.init_from and "://" not in sweep.init_from:  # a local path, like base_config
+        init = Path(sweep.init_from)
+        if not init.is_absolute() and not init.exists() and (path.parent / init).exists():
+            sweep = sweep.model_copy(update={"init_from": str(path.parent / init)})
     base = trial_config(
         load_config(base_path).model_dump(mode="json"), sweep.overrides, f"{path}: overrides"
     )
