@@ -33,6 +33,7 @@ from dinet_platform.evaluation.metrics import (
 )
 from dinet_platform.evaluation.report import read_report
 from dinet_platform.evaluation.sync_expert import audio_track, mouth_crops, sync_scores
+from dinet_platform.geometry import crop_geometry
 from dinet_platform.losses.temporal import TemporalConsistencyLoss
 from dinet_platform.models import build_generator
 from dinet_platform.models.syncnet import SyncNet, clip_audio_track
@@ -278,7 +279,22 @@ def test_evaluation_run_compares_models_with_baselines(trained, prepared_dir, ho
         result.metrics["model"]["mouth_psnr"])
     assert run.data.tags["dinet.eval.sync_expert"] == "models:/dinet-syncnet/1"
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
-    assert {"evaluation.json", "comparison.png", "config.yaml"} <= artifacts
+    assert {"evaluation.json", "comparison.png", "mouth_strip.png", "config.yaml"} <= artifacts
+
+    # The strip: the same frames of the first held-out video for every entry, the lower face
+    # with the mouth box; the real row is the real video.
+    frames = result.info["strip_frames"]
+    assert len(frames) == 12 and frames == sorted(frames)
+    assert set(result.strips) == set(result.metrics)
+    assert len({strip.shape for strip in result.strips.values()}) == 1
+    truth = torch.from_numpy(result.strips[GROUND_TRUTH]).float() / 255
+    box = crop_geometry(result.mouth_size).mouth
+    top = max(box.top - result.mouth_size // 8, 0)
+    assert top + truth.shape[1] >= box.bottom
+    real = VideoSet(prepared_dir, "val").video(0, result.mouth_size).float_frames()[frames]
+    expected = real[:, :, top : top + truth.shape[1]].permute(0, 2, 3, 1)
+    assert torch.allclose(truth, expected, atol=0.5 / 255 + 1e-6)
+    assert outcome.json_path.with_name("mouth_strip.png").stat().st_size > 5_000
 
 
 def test_models_of_other_sizes_are_measured_at_one_size(prepared_dir, tmp_path):

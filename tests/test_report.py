@@ -60,20 +60,26 @@ def recorded(ray_local, prepared_dir, tmp_path_factory):
                "home": root / "home"}
 
 
-def test_report_is_one_self_contained_file_with_every_section(recorded, tmp_path):
+def test_report_is_one_self_contained_file_with_every_section(recorded, synth_dir, tmp_path):
     serving = [{"endpoint": "/dub", "requests": 12, "p50_ms": 181.25, "p95_ms": 240.5},
                {"endpoint": "/frames", "requests": 40, "p50_ms": 9.75, "p95_ms": 14.0}]
     path = write_report(recorded["client"], recorded["pipeline"], tmp_path / "r" / "report.html",
                         evaluation_run_id=recorded["evaluation"].run_id,
-                        sweep=recorded["sweep"], serving=serving)
+                        sweep=recorded["sweep"], serving=serving,
+                        dubbed=sorted(synth_dir.glob("*.mp4"))[0])
     text = path.read_text()
 
     # Self-contained: every image is an embedded PNG, nothing is fetched from elsewhere.
     assert not re.search(r'(src|href)="(?!data:)', text)
     images = [base64.b64decode(data) for data in IMAGE.findall(text)]
     assert all(image.startswith(PNG) for image in images)
-    # comparison, loss curves, stage 64 sample grid and attention maps, sweep scores
-    assert len(images) == 5, len(images)
+    # mouth strip, comparison, dubbed frames under the waveform, loss curves, stage 64 sample
+    # grid and attention maps, sweep scores
+    assert len(images) == 7, len(images)
+    # It opens with the verdict, then the mouth over time, generated vs true.
+    body = text[text.index("<body>"):]
+    assert body.index("class=verdict") < body.index("the mouth over ~1 s") < body.index("<h2>")
+    assert "~1 s of its audio above its frames" in text
     assert "stage 64, sample grid" in text and "(epoch_001)" in text  # the last epoch's
     assert "stage 64, attention maps" in text
 

@@ -308,6 +308,7 @@ def report(state: DemoState, console: Console) -> None:
 
     path = write_report(state.client, state.pipeline_run, state.out_dir / "report.html",
                         evaluation_run_id=state.evaluation_run, sweep=state.sweep_run,
-                        serving=state.outputs.get("serving"))
+                        serving=state.outputs.get("serving"),
+                        dubbed=state.outputs.get("dubbed"))
     state.outputs["report"] = str(path)
     console.print(f"report: {path}")

@@ -25,8 +25,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dinet_platform.config.schema import GateConfig
+from dinet_platform.data.media import MediaError
 from dinet_platform.evaluation.evaluate import BASELINES, GROUND_TRUTH, PASTE_REFERENCE
-from dinet_platform.evaluation.report import LABELS, format_value, read_report
+from dinet_platform.evaluation.report import (
+    LABELS,
+    format_value,
+    plot_video_with_audio,
+    read_report,
+)
 from dinet_platform.paths import dinet_home
 from dinet_platform.tracking import KIND_TAG, PARENT_TAG, STAGE_TAG, find_runs, get_run
 
@@ -58,14 +64,16 @@ def write_report(
     evaluation_run_id: str | None = None,
     sweep: str | None = None,
     serving: Sequence[Mapping[str, Any]] | None = None,
+    dubbed: str | Path | None = None,
 ) -> Path:
     """Write the HTML report of pipeline ``pipeline_run_id`` (default
     ``$DINET_HOME/demo/report.html``) and return its path.
 
     ``evaluation_run_id``: an evaluation run (``dinet evaluate``, registry promotion) for the
     metrics table; ``sweep``: the sweep's MLflow parent run id; ``serving``: latency rows
-    measured against the endpoint, one mapping per row (column name -> value). Sections whose
-    input is missing say so instead of failing.
+    measured against the endpoint, one mapping per row (column name -> value); ``dubbed``: a
+    dubbed mp4, shown as frames under its waveform. Sections whose input is missing say so
+    instead of failing.
     """
     pipeline = get_run(client, pipeline_run_id)
     if pipeline.data.tags.get(KIND_TAG) != "pipeline":
@@ -83,6 +91,7 @@ def write_report(
     with tempfile.TemporaryDirectory(prefix="dinet-report-") as tmp:
         scratch = Path(tmp)
         parts += _evaluation_section(client, evaluation_run_id, scratch)
+        parts += _dubbed_section(dubbed, scratch)
         parts += _stages_section(client, stages, scratch)
         parts += _sweep_section(client, sweep, scratch)
     parts += _serving_section(serving)
@@ -132,6 +141,10 @@ def _evaluation_section(client: MlflowClient, run_id: str | None, scratch: Path)
               f"<table><tr><th>entry</th>{header}</tr>{''.join(rows)}</table>",
               "<p class=muted>paste_reference: a mouth that never moves; blurred_source: true "
               "motion, detail lost; ground_truth: the real video (sync ceiling).</p>"]
+    strip = _download(client, run_id, "mouth_strip.png", scratch)
+    if strip is not None:
+        parts.insert(1, _figure(strip.read_bytes(), "the mouth over ~1 s of a held-out video: "
+                                "the real one on top, each model and baseline below"))
     comparison = _download(client, run_id, "comparison.png", scratch)
     if comparison is not None:
         parts.append(_figure(comparison.read_bytes(), "sample mouth per entry and metrics"))
@@ -161,6 +174,17 @@ def _verdict(metrics: Mapping[str, Mapping[str, float]]) -> str:
 def _ordered_entries(metrics: Mapping[str, Any]) -> list[str]:
     models = [e for e in metrics if e not in (*BASELINES, GROUND_TRUTH)]
     return models + [e for e in (*BASELINES, GROUND_TRUTH) if e in metrics]
+
+
+def _dubbed_section(dubbed: str | Path | None, scratch: Path) -> list[str]:
+    if dubbed is None:
+        return []
+    parts = ["<h2>The dubbed video</h2>"]
+    try:
+        png = plot_video_with_audio(dubbed, scratch / "dubbed.png")
+    except MediaError as exc:
+        return [*parts, f"<p class=muted>{_e(dubbed)} cannot be shown: {_e(exc)}</p>"]
+    return [*parts, _figure(png.read_bytes(), f"{dubbed}: ~1 s of its audio above its frames")]
 
 
 def _stages_section(client: MlflowClient, stages: list, scratch: Path) -> list[str]:

@@ -106,6 +106,9 @@ class EvaluationResult:
     info: dict[str, Any]
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     """Entry name -> (h, w, 3) uint8 lower-face crop of one frame (for the comparison PNG)."""
+    strips: dict[str, np.ndarray] = field(default_factory=dict)
+    """Entry name -> (k, h, w, 3) uint8 lower-face crops of the first video's frames
+    ``info["strip_frames"]`` (the same frames for every entry: generated vs true over time)."""
 
     @property
     def entries(self) -> list[str]:
@@ -193,6 +196,8 @@ def evaluate(
     say = progress or (lambda _message: None)
     entries: dict[str, _Entry] = {}
     samples: dict[str, np.ndarray] = {}
+    strips: dict[str, np.ndarray] = {}
+    strip_frames: list[int] = []
     notes: list[str] = []
     frames_total = 0
     lips_tracked = False
@@ -226,6 +231,8 @@ def evaluate(
             entry.per_video[video.video_id] = summarize(sums)
             if position == 0:
                 samples[name] = _sample(generated, size)
+                strip_frames = strip_frame_indices(len(generated))
+                strips[name] = _lower_face(generated[strip_frames], size)
     metrics = {name: summarize(entry.total) for name, entry in entries.items()}
     info = {
         "shards": str(videos.shards),
@@ -238,6 +245,7 @@ def evaluate(
         "sync_expert": None if expert is None else {"frames": expert.frames,
                                                     "offsets": settings.sync_offsets},
         "lip_reader": lips_tracked,
+        "strip_frames": strip_frames,
         "notes": notes,
     }
     return EvaluationResult(
@@ -246,6 +254,7 @@ def evaluate(
         per_video={name: entry.per_video for name, entry in entries.items()},
         info=info,
         samples=samples,
+        strips=strips,
     )
 
 
@@ -269,11 +278,25 @@ def _outputs(
         yield BLURRED_SOURCE, blurred_source(video, settings.baseline_blur_sigma)
 
 
-def _sample(frames: torch.Tensor, mouth_size: int) -> np.ndarray:
-    """The lower face of the middle frame: the mouth box with a margin, as uint8 HWC."""
+def strip_frame_indices(num_frames: int, count: int = 12) -> list[int]:
+    """``count`` consecutive-ish frames from the middle of a clip: every other frame, so a
+    strip spans ~1 s at 25 fps, long enough to see a syllable open and close the mouth."""
+    span = min(num_frames, 2 * count)
+    start = (num_frames - span) // 2
+    return list(range(start, start + span, max(1, span // count)))[:count]
+
+
+def _lower_face(frames: torch.Tensor, mouth_size: int) -> np.ndarray:
+    """The mouth box with a margin of (N, 3, H, W) frames, as (N, h, w, 3) uint8."""
     box = crop_geometry(mouth_size).mouth
     margin = max(1, mouth_size // 8)
-    frame = frames[len(frames) // 2, :, max(box.top - margin, 0) : box.bottom + margin]
-    return (frame.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+    lower = frames[:, :, max(box.top - margin, 0) : box.bottom + margin]
+    return (lower.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+
+
+def _sample(frames: torch.Tensor, mouth_size: int) -> np.ndarray:
+    """The lower face of the middle frame, as uint8 HWC."""
+    middle = len(frames) // 2
+    return _lower_face(frames[middle : middle + 1], mouth_size)[0]
 
 

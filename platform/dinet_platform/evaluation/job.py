@@ -38,6 +38,7 @@ from dinet_platform.evaluation.report import (
     format_value,
     order_entries,
     plot_comparison,
+    plot_mouth_strip,
     write_report,
 )
 from dinet_platform.evaluation.sync_expert import (
@@ -258,6 +259,7 @@ def run_evaluation(
         report = {**result.as_dict(), "mlflow_run_id": run_id, **(extra or {})}
         json_path = write_report(out / "evaluation.json", report)
         png_path = plot_comparison(result, out / "comparison.png")
+        strip_path = plot_mouth_strip(result, out / "mouth_strip.png")
         now = int(time.time() * 1000)
         metrics = [
             Metric(f"{entry}/{name}", logged, now, 0)
@@ -271,6 +273,8 @@ def run_evaluation(
         client.log_param(run_id, "frames", result.info["frames"])
         client.log_artifact(run_id, str(json_path))
         client.log_artifact(run_id, str(png_path))
+        if strip_path is not None:
+            client.log_artifact(run_id, str(strip_path))
         client.log_text(run_id, dump_config(config), "config.yaml")
     except BaseException:
         client.set_terminated(run_id, "FAILED")

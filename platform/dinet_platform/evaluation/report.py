@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from dinet_platform.evaluation.evaluate import BASELINES, GROUND_TRUTH, EvaluationResult
+from dinet_platform.evaluation.evaluate import (
+    BASELINES,
+    GROUND_TRUTH,
+    EvaluationResult,
+    strip_frame_indices,
+)
 from dinet_platform.evaluation.metrics import HIGHER_IS_BETTER
 
 PLOTTED = ("mouth_psnr", "mouth_ssim", "outside_psnr", "seam_psnr", "warp_error",
@@ -119,6 +124,83 @@ def plot_comparison(result: EvaluationResult, path: str | Path, title: str = "")
     figure.suptitle(title or f"evaluation at mouth {result.mouth_size} on "
                     f"{len(result.info['videos'])} held-out videos "
                     f"({result.info['frames']} frames)", fontsize=11)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_mouth_strip(result: EvaluationResult, path: str | Path) -> Path | None:
+    """A PNG: the real mouth over ~1 s of the first held-out video, and below it each model's
+    and baseline's mouth on the same frames. ``None`` when the result has no strips."""
+    if not result.strips:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [GROUND_TRUTH] + [e for e in order_entries(result)
+                             if e != GROUND_TRUTH and e in result.strips]
+    frames = result.info.get("strip_frames") or list(range(len(result.strips[GROUND_TRUTH])))
+    count, _, width, _ = result.strips[GROUND_TRUTH].shape
+    figure, axes = plt.subplots(len(rows), 1, dpi=90, squeeze=False,
+                                figsize=(min(1.1 * count, 16), 0.9 + 1.1 * len(rows)))
+    for axis, name in zip(axes[:, 0], rows, strict=True):
+        axis.imshow(np.concatenate(list(result.strips[name]), axis=1))
+        axis.set_xticks([width * (i + 0.5) for i in range(count)],
+                        [str(f) for f in frames], fontsize=7)
+        axis.set_yticks([])
+        axis.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    video = (result.info.get("videos") or ["?"])[0]
+    figure.suptitle(f"mouth over frames {frames[0]}-{frames[-1]} of held-out {video}: "
+                    "generated vs true", fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_video_with_audio(video: str | Path, path: str | Path, count: int = 12,
+                          sample_rate: int = 16000) -> Path:
+    """A PNG: ~1 s of ``video``'s audio waveform above the lower half of every other frame of
+    that second, each frame's time marked on the waveform (does the mouth open with sound?)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dinet_platform.data.media import iter_frames, probe_video, read_audio
+
+    probe = probe_video(video, cache_bytes=0)
+    chosen = set(strip_frame_indices(probe.num_source_frames, count))
+    frames = {i: f for i, f in iter_frames(probe) if i in chosen}
+    chosen_sorted = sorted(frames)
+    audio = read_audio(video, sample_rate)
+    times = [float(probe.times[i] - probe.times[0]) for i in chosen_sorted]
+    step = 1.0 / probe.source_fps
+    start, end = max(times[0] - step, 0.0), times[-1] + step
+    window = audio[int(start * sample_rate): int(end * sample_rate)]
+    height, width = next(iter(frames.values())).shape[:2]
+    lower = [frames[i][height // 2:, width // 6: width - width // 6] for i in chosen_sorted]
+    figure, (wave, strip) = plt.subplots(2, 1, dpi=90, figsize=(min(1.2 * len(lower), 16), 4.2),
+                                         gridspec_kw={"height_ratios": [1, 2]})
+    wave.plot(start + np.arange(len(window)) / sample_rate, window, linewidth=0.5)
+    for t in times:
+        wave.axvline(t, color="tab:red", linewidth=0.6, alpha=0.6)
+    wave.set_xlim(start, end)
+    wave.set_yticks([])
+    wave.set_xlabel("s", fontsize=7)
+    wave.tick_params(labelsize=7)
+    strip.imshow(np.concatenate(lower, axis=1))
+    strip.set_xticks([lower[0].shape[1] * (k + 0.5) for k in range(len(lower))],
+                     [f"{t:.2f}" for t in times], fontsize=7)
+    strip.set_yticks([])
+    figure.suptitle(f"{Path(video).name}: audio and the lower face of its frames", fontsize=10)
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
