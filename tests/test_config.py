@@ -52,6 +52,12 @@ def test_defaults_fill_everything_not_given(tmp_path):
     config = load_config(write(tmp_path, minimal()))
     assert config.loss.temporal.frame_diff == 8.0
     assert config.model.variant == "dinet"
+    assert config.sync_expert_frames == config.data.clip_len  # the expert judges clips
+
+
+def test_sync_expert_window_can_be_longer_than_the_training_clips():
+    config = load_config(CONFIGS / "demo.yaml")
+    assert (config.data.clip_len, config.sync_expert_frames) == (2, 5)
 
 
 def test_resolved_config_round_trips(tmp_path):
@@ -130,7 +136,7 @@ def test_missing_or_broken_file(tmp_path):
 
 def test_cli_validates_and_reports_errors(tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(app, ["config", "validate", "--config", str(CONFIGS / "demo.yaml")])
+    ok = runner.invoke(app, ["config", "validate", "--config", str(CONFIGS / "multiscale.yaml")])
     assert ok.exit_code == 0, ok.output
     assert "4 stages" in ok.output
     bad = runner.invoke(

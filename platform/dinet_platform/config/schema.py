@@ -333,8 +333,12 @@ class EvaluationConfig(Strict):
 
 class SyncNetTrainingConfig(Strict):
     """``dinet train-syncnet``: the sync expert (its shape is ``model.syncnet_width``,
-    ``model.audio_channels`` and ``data.clip_len`` frames)."""
+    ``model.audio_channels`` and ``frames``)."""
 
+    frames: Annotated[int, Field(ge=2)] | None = None
+    """Frames per window the expert judges; default ``data.clip_len``. An expert used as the
+    training sync loss must match ``data.clip_len``; for evaluation only, a longer window than
+    the generator's clips reads sync more reliably (SyncNet's own is 5)."""
     steps: Annotated[int, Field(ge=1)] = 600
     batch_size: Annotated[int, Field(ge=2)] = 32
     lr: Positive = 1e-3
@@ -392,6 +396,11 @@ class DINetConfig(Strict):
                 f"feature size of data ({self.data.audio_features}: {self.data.feature_dim})"
             )
         return self
+
+    @property
+    def sync_expert_frames(self) -> int:
+        """Frames per window of the sync expert this config trains."""
+        return self.syncnet.frames or self.data.clip_len
 
     def stage(self, mouth_size: int) -> StageConfig:
         for stage in self.stages:

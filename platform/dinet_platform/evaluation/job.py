@@ -174,7 +174,7 @@ def find_sync_expert(config: DINetConfig, client: MlflowClient) -> tuple[SyncNet
         reference = f"models:/{version.name}/{version.version}"
     path = resolve_checkpoint(reference, client)
     try:
-        expert = load_sync_expert(path, config.model, config.data.clip_len)
+        expert = load_sync_expert(path, config.model, config.sync_expert_frames)
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(f"sync expert {reference!r}: {exc}") from None
     return expert, reference
@@ -321,7 +321,7 @@ def run_train_syncnet(
     console = console or Console()
     settings = config.syncnet
     shards = Path(shards) if shards else default_shards(config)
-    frames = config.data.clip_len
+    frames = config.sync_expert_frames
     train_set = VideoSet(shards, "train")
     val_set = VideoSet(shards, "val")
     if val_set.feature_dim != config.model.audio_channels:
@@ -388,7 +388,7 @@ def _register_expert(config: DINetConfig, client: MlflowClient, run_id: str,
         "dinet.data_hash": data.content_hash,
         "dinet.git_commit": git_commit(),
         "dinet.registered_by": who(),
-        "dinet.frames": str(config.data.clip_len),
+        "dinet.frames": str(config.sync_expert_frames),
         **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
     }
     version = client.create_model_version(name, f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
