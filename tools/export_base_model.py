@@ -20,8 +20,8 @@ from pathlib import Path
 from dinet_platform.config import dump_config, load_config
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
-from dinet_platform.evaluation.report import write_report
 from dinet_platform.evaluation.job import final_stage_run, git_commit
+from dinet_platform.evaluation.report import write_report
 from dinet_platform.tracking import client_for, get_run, resolve_checkpoint
 from dinet_platform.training.checkpoint import load_checkpoint, save_checkpoint
 
