@@ -264,7 +264,7 @@ def test_missing_landmarks_fall_back_to_the_detector(tmp_path: Path) -> None:
     clip.landmarks.unlink()
     report = prepare_dataset(tmp_path / "in", tmp_path / "out", mouth_size=64, use_ray=False)
     (video,) = report.manifest["videos"]
-    assert video["landmark_source"] in {"lips", "haar+lips"}
+    assert video["landmark_source"] in {"dlib68", "lips", "haar+lips"}
     # The detected crop puts the true mouth (from the withheld CSV) inside the mouth box.
     table = pq.read_table(tmp_path / "out" / video["shard"], columns=["crop_box"])
     crop = np.asarray(table.column("crop_box").to_pylist(), dtype=np.float64)

@@ -1,24 +1,37 @@
-"""Facial landmarks per source frame: OpenFace 2 CSVs, or a detector fallback (Haar + lips).
+"""Facial landmarks per source frame: OpenFace 2 CSVs, or a face detector.
 
 All landmarks use the iBUG 68-point layout as ``(N, 68, 2)`` float32 arrays in source-pixel
 coordinates (x right, y down). The points the crop needs are 29 (nose bridge: top of the mouth
 box), 33 (under the nose: the crop's horizontal centre), 48/54 (mouth corners) and the lowest
 point (chin).
 
-OpenFace is what DINet's data preparation uses and is far more accurate. The fallback exists
-so a user without OpenFace still gets a dataset: it finds the face per frame (OpenCV's Haar
-cascade where the OpenCV build ships one) and the lips (a colour "mouth map"), and places a
-fixed mean-face template so that its mouth lies on the detected lips: a *geometric* estimate of
-nose, mouth and chin. Template mouths do not move with speech, which is fine for cropping (the
-crop only needs where the mouth is and how big) but not for anything that reads lip shape.
-When the lips cannot be found in enough frames the video is skipped ("no face found").
+OpenFace is what DINet's data preparation uses and is far more accurate. Without a CSV the faces
+are detected, by the best detector this machine has (:func:`face_detector_name`):
+
+* ``"dlib68"``: dlib's HOG face detector and its 68-point shape predictor (the model file ships in
+  the ``face-recognition-models`` package; ``pip install -e '.[landmarks]'``). Real landmarks in
+  the same iBUG layout, lips included. The model's training data (iBUG 300-W) excludes
+  commercial use.
+* ``"haar+lips"``: the fallback. OpenCV's Haar cascade finds the face; the lips (a colour "mouth
+  map") are looked for only inside the face box, where a mouth can be, and move a fixed
+  mean-face template so that its mouth lies on them: a *geometric* estimate of nose, mouth and
+  chin. Template mouths do not move with speech, which is fine for cropping (the crop only needs
+  where the mouth is and how big) but not for anything that reads lip shape.
+* ``"lips"``: the fallback on an OpenCV build without cascade files: lips alone, accepted only
+  where the face they imply lies in the frame, is mostly skin and has two dark eyes above them.
+
+Every detector refuses a frame rather than guess: no face (:data:`NO_FACE`), or several faces.
+When too few frames of a video have a face the video is refused with the reasons counted
+(:func:`fill_invalid`).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +48,15 @@ class LandmarkError(Exception):
     """Landmarks are missing or do not fit the video; the message is the user-facing reason."""
 
 
+class FaceRefused(LandmarkError):
+    """A detector refused a frame. ``reason`` is short and the same for like frames ("no face
+    found", "several faces"); the message adds the details (where the faces are)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 @dataclass
 class Landmarks:
     points: np.ndarray
@@ -42,7 +64,9 @@ class Landmarks:
     valid: np.ndarray
     """(N,) bool: the detector's own success flag (False rows were interpolated)."""
     source: str
-    """"openface", or the fallback detector (see :func:`face_detector_name`)."""
+    """"openface", or the detector used (see :func:`face_detector_name`)."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Why the detector refused frames: reason -> number of frames (empty for OpenFace)."""
 
 
 def read_openface_csv(path: str | Path, min_confidence: float = 0.5) -> Landmarks:
@@ -99,9 +123,17 @@ def fill_invalid(landmarks: Landmarks, min_coverage: float) -> Landmarks:
     valid = landmarks.valid
     coverage = float(valid.mean()) if len(valid) else 0.0
     if coverage < min_coverage:
+        need = f"need a face in at least {100 * min_coverage:.0f}%"
+        if not landmarks.failures:
+            raise LandmarkError(f"no face found in {100 * (1 - coverage):.0f}% of frames ({need})")
+        why = ", ".join(
+            f"{reason} in {count} frame{'s' if count != 1 else ''}"
+            for reason, count in sorted(landmarks.failures.items(), key=lambda kv: -kv[1])
+        )
+        hint = "; crop to one face" if SEVERAL_FACES in landmarks.failures else ""
         raise LandmarkError(
-            f"no face found in {100 * (1 - coverage):.0f}% of frames "
-            f"(need a face in at least {100 * min_coverage:.0f}%)"
+            f"a face in only {100 * coverage:.0f}% of frames ({need}); "
+            f"{landmarks.source}: {why}{hint}"
         )
     if valid.all():
         return landmarks
@@ -109,7 +141,9 @@ def fill_invalid(landmarks: Landmarks, min_coverage: float) -> Landmarks:
     flat = landmarks.points.reshape(len(valid), -1).copy()
     for k in range(flat.shape[1]):
         flat[~valid, k] = np.interp(frames[~valid], frames[valid], flat[valid, k])
-    return Landmarks(flat.reshape(landmarks.points.shape), valid, landmarks.source)
+    return Landmarks(
+        flat.reshape(landmarks.points.shape), valid, landmarks.source, landmarks.failures
+    )
 
 
 def _template() -> np.ndarray:
@@ -147,15 +181,21 @@ def landmarks_from_box(x: float, y: float, w: float, h: float) -> np.ndarray:
     return (FACE_TEMPLATE * np.array([w, h]) + np.array([x, y])).astype(np.float32)
 
 
+NO_FACE, SEVERAL_FACES = "no face found", "several faces"
+"""The reasons a detector gives for refusing a frame (:class:`FaceRefused`)."""
+
 _CASCADE: Any = None
 HAAR_FILE = "haarcascade_frontalface_default.xml"
+_DLIB: Any = None
+DLIB_MODEL = "shape_predictor_68_face_landmarks.dat"
+DLIB_MODEL_PACKAGE = "face_recognition_models"
 
 
 def _cascade() -> Any:
     """OpenCV's Haar face cascade, or None when this OpenCV build has none.
 
     OpenCV 5 moved ``CascadeClassifier`` out of the main package and its wheels ship no cascade
-    files, so the fallback must not depend on it: :func:`detect_mouth` alone takes over then.
+    files, so the fallback must not depend on it: the lips alone take over then.
     """
     global _CASCADE
     if _CASCADE is None:
@@ -167,30 +207,170 @@ def _cascade() -> Any:
     return _CASCADE or None
 
 
-def face_detector_name() -> str:
-    """Which fallback detector this machine has: "haar+lips", or "lips" without a cascade."""
+def dlib_model_path() -> Path | None:
+    """The 68-point model file of the installed ``face-recognition-models``, or None.
+
+    Found without importing the package: its ``__init__`` needs ``pkg_resources``, which recent
+    setuptools no longer has.
+    """
+    try:
+        spec = importlib.util.find_spec(DLIB_MODEL_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "models" / DLIB_MODEL
+        if path.is_file():
+            return path
+    return None
+
+
+def _dlib() -> tuple[Any, Any] | None:
+    """dlib's (face detector, 68-point shape predictor), loaded once; None when not installed."""
+    global _DLIB
+    if _DLIB is None:
+        _DLIB = False
+        path = dlib_model_path()
+        if path is not None:
+            try:
+                import dlib
+
+                _DLIB = (dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path)))
+            except (ImportError, RuntimeError, OSError):
+                _DLIB = False
+    return _DLIB or None
+
+
+DETECTORS = ("dlib68", "fallback")
+_DLIB_SPURIOUS = 0.2  # a second detection scoring under this share of the best is not a face
+
+
+def face_detector_name(detector: str | None = None) -> str:
+    """Which detector finds faces here: "dlib68" when dlib and its model are installed (and
+    ``detector`` is not "fallback"), else the fallback: "haar+lips", or "lips" without a cascade.
+    """
+    if detector not in (None, *DETECTORS):
+        raise ValueError(f"unknown face detector {detector!r}; choose from {DETECTORS}")
+    if detector != "fallback" and _dlib() is not None:
+        return "dlib68"
+    if detector == "dlib68":
+        raise LandmarkError(
+            "the dlib68 detector needs dlib and its model: pip install -e '.[landmarks]'"
+        )
     return "haar+lips" if _cascade() is not None else "lips"
 
+
+def _resized(frame: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """``frame`` shrunk (area interpolation) so its longer side is at most ``max_side``."""
+    height, width = frame.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale >= 1.0:
+        return frame, 1.0
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _several(boxes: list[tuple[float, ...]], scale: float) -> FaceRefused:
+    where = ", ".join(
+        f"({x / scale:.0f},{y / scale:.0f} {w / scale:.0f}px)" for x, y, w, *_ in boxes[:4]
+    )
+    return FaceRefused(SEVERAL_FACES, f"{len(boxes)} found (x,y width: {where})")
+
+
+# ---------------------------------------------------------------------------------- dlib68
+
+
+def dlib_face(frame: np.ndarray, max_side: int = 640) -> tuple[np.ndarray, tuple[float, ...]]:
+    """``(points, box)`` of the one face in an RGB frame: dlib's 68 points (iBUG layout, source
+    pixels) and its face box ``(x, y, w, h)``. Raises :class:`FaceRefused` ("no face found",
+    "several faces: ...") when there is not exactly one face.
+
+    Faces are looked for on a copy at most ``max_side`` px, upsampled once when nothing is found
+    at that size (or when it is under 400 px), so faces down to ~1/16 of the longer side are
+    found; the points are fitted on the full-resolution frame. Detections scoring under a fifth
+    of the best one are spurious (a mission patch on a spacesuit), not another face.
+    """
+    models = _dlib()
+    if models is None:
+        raise LandmarkError("dlib68 is not installed: pip install -e '.[landmarks]'")
+    detector, predictor = models
+    import dlib
+
+    gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    gray = np.ascontiguousarray(gray, dtype=np.uint8)
+    small, scale = _resized(gray, max_side)
+    rects: list[Any] = []
+    scores: list[float] = []
+    for upsample in (1,) if max(small.shape[:2]) < 400 else (0, 1):
+        rects, scores, _ = detector.run(small, upsample, 0.0)
+        if len(rects):
+            break
+    if len(rects) == 0:
+        raise FaceRefused(NO_FACE)
+    best = max(scores)
+    boxes = [
+        (r.left(), r.top(), r.width(), r.height())
+        for r, score in sorted(zip(rects, scores, strict=True), key=lambda rs: -rs[1])
+        if score >= _DLIB_SPURIOUS * best
+    ]
+    if len(boxes) > 1:
+        raise _several(boxes, scale)
+    x, y, w, h = (v / scale for v in boxes[0])
+    rect = dlib.rectangle(round(x), round(y), round(x + w), round(y + h))
+    shape = predictor(gray, rect)
+    points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+    return points, (x, y, w, h)
+
+
+# ------------------------------------------------------------------------------- fallback
 
 # Skin in YCrCb (Chai & Ngan): holds from dark to light skin under ordinary light.
 _SKIN_LOW = np.array([0, 133, 77], dtype=np.uint8)
 _SKIN_HIGH = np.array([255, 173, 127], dtype=np.uint8)
-# Template proportions used to turn a mouth into a face box (see _template).
+# Template proportions used to place lips in a face box (see _template).
 _MOUTH_WIDTH, _MOUTH_ROW = 0.38, 0.81
+# Where lips may lie in a Haar face box (fractions of its side): centre column +-, rows, width.
+_LIPS_DX, _LIPS_ROWS, _LIPS_WIDTH = 0.15, (0.65, 0.95), (0.15, 0.6)
+# A Haar box on a colour frame is a face only when this much of its centre is skin.
+_FACE_SKIN = 0.45
+# Lips alone (no cascade): the lips span at least this share of the frame's longer side (at the
+# detection size), and eyes are darker than this share of the cheeks (see _has_eyes).
+_MIN_LIPS, _EYE_DARKNESS = 0.04, 0.7
 
 
-def detect_mouth(frame: np.ndarray) -> tuple[float, float, float] | None:
-    """``(centre_x, centre_y, width)`` of the lips in an RGB frame, or None.
+def _skin(frame: np.ndarray) -> np.ndarray:
+    return cv2.inRange(cv2.cvtColor(frame, cv2.COLOR_RGB2YCrCb), _SKIN_LOW, _SKIN_HIGH) > 0
+
+
+def _is_colour(frame: np.ndarray) -> bool:
+    """False for grey frames (or grey stored as RGB), where skin colour says nothing."""
+    ycrcb = cv2.cvtColor(frame, cv2.COLOR_RGB2YCrCb)
+    return float(np.abs(ycrcb[..., 1:].astype(np.float32) - 128).mean()) > 2.0
+
+
+def _skin_fraction(skin: np.ndarray, box: tuple[float, ...]) -> float:
+    """Skin share of the centre of a face box (cheeks, nose, mouth: not hair or background)."""
+    x, y, w, h = box[:4]
+    rows = slice(max(0, round(y + 0.3 * h)), max(0, round(y + 0.9 * h)))
+    cols = slice(max(0, round(x + 0.2 * w)), max(0, round(x + 0.8 * w)))
+    part = skin[rows, cols]
+    return float(part.mean()) if part.size else 0.0
+
+
+def lip_candidates(frame: np.ndarray) -> list[tuple[float, float, float, float, int]]:
+    """Lip-like blobs in an RGB frame as ``(centre_x, centre_y, width, height, area)``, largest
+    first.
 
     Lips are redder than the skin around them: Hsu et al.'s mouth map
     ``Cr^2 * (Cr^2 - eta * Cr/Cb)^2`` over skin pixels, thresholded at its top 3 %, gives lip
     blobs. A candidate must be wider than tall and surrounded by skin (a red object in the
-    background is not), and the largest such blob wins.
+    background is not).
     """
     ycrcb = cv2.cvtColor(frame, cv2.COLOR_RGB2YCrCb)
     skin = cv2.inRange(ycrcb, _SKIN_LOW, _SKIN_HIGH) > 0
     if skin.sum() < 100:
-        return None
+        return []
     cr = ycrcb[..., 1].astype(np.float64)
     cb = ycrcb[..., 2].astype(np.float64)
     cr2 = (cr / 255.0) ** 2
@@ -202,7 +382,7 @@ def detect_mouth(frame: np.ndarray) -> tuple[float, float, float] | None:
     lips = cv2.morphologyEx(lips, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     count, _, stats, centres = cv2.connectedComponentsWithStats(lips)
     height, width = skin.shape
-    best, best_area = None, 0
+    found = []
     for k in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[k])
         if area < 20 or not 1.3 <= w / max(h, 1) <= 8:
@@ -212,71 +392,180 @@ def detect_mouth(frame: np.ndarray) -> tuple[float, float, float] | None:
             continue  # a face whose surroundings are cut off is not usable anyway
         ring = skin[y0:y1, x0:x1].copy()
         ring[y - y0 : y - y0 + h, x - x0 : x - x0 + w] = True
-        if ring.mean() >= 0.75 and area > best_area:
-            best, best_area = k, area
-    if best is None:
-        return None
-    return float(centres[best][0]), float(centres[best][1]), float(stats[best][2])
+        if ring.mean() >= 0.75:
+            found.append((float(centres[k][0]), float(centres[k][1]), float(w), float(h), area))
+    return sorted(found, key=lambda c: -c[4])
 
 
-def detect_face_box(frame: np.ndarray, max_side: int = 320) -> tuple[float, ...] | None:
-    """A Haar-style ``(x, y, w, h)`` face box for the face in an RGB frame, or None.
+def detect_mouth(frame: np.ndarray) -> tuple[float, float, float] | None:
+    """``(centre_x, centre_y, width)`` of the largest lip-like blob in an RGB frame, or None.
+    Any red blob in skin qualifies: callers must check it lies where a face's mouth can be."""
+    found = lip_candidates(frame)
+    return found[0][:3] if found else None
 
-    With a Haar cascade: the largest face, refined by the lips found inside it. Without one
-    (OpenCV 5 wheels): the box the template would need to put its mouth on the detected lips.
+
+def _lips_in_face(frame: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float] | None:
+    """The centre of the lips inside a face box, in frame pixels, or None when no lip blob lies
+    where this box's mouth can be (the box is then used as it is).
+
+    The mouth map is computed on the box widened by a quarter and extended half a box down (the
+    lips' test looks at the skin around them), but only blobs whose centre lies in the box's
+    mouth band count: never the neck below the chin or the background beside the head.
     """
+    x, y, w, h = box
     height, width = frame.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = frame
-    if scale < 1.0:
-        small = cv2.resize(frame, (round(width * scale), round(height * scale)), cv2.INTER_AREA)
-    cascade = _cascade()
-    box: tuple[float, ...] | None = None
-    region = (0, 0)
-    if cascade is not None:
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        if len(faces) == 0:
-            return None
-        x, y, w, h = (int(v) for v in max(faces, key=lambda f: f[2] * f[3]))
-        box = (x, y, w, h)
-        top = y + h // 2
-        small, region = small[top : y + h + h // 4, x : x + w], (x, top)
-    mouth = detect_mouth(small) if small.size else None
-    if mouth is not None:
-        cx, cy, mouth_w = mouth[0] + region[0], mouth[1] + region[1], mouth[2]
-        w = mouth_w / _MOUTH_WIDTH
-        box = (cx - 0.5 * w, cy - _MOUTH_ROW * w, w, w)
-    if box is None:
+    x0, y0 = max(0, x - w // 4), max(0, y)
+    x1, y1 = min(width, x + w + w // 4), min(height, y + h + h // 2)
+    if x1 <= x0 or y1 <= y0:
         return None
+    for cx, cy, lip_w, _, _ in lip_candidates(frame[y0:y1, x0:x1]):
+        cx, cy = cx + x0 - x, cy + y0 - y  # relative to the face box
+        if (
+            abs(cx - 0.5 * w) <= _LIPS_DX * w
+            and _LIPS_ROWS[0] * h <= cy <= _LIPS_ROWS[1] * h
+            and _LIPS_WIDTH[0] * w <= lip_w <= _LIPS_WIDTH[1] * w
+        ):
+            return x + cx, y + cy
+    return None
+
+
+def _box_from_cascade(small: np.ndarray, cascade: Any, scale: float) -> tuple[float, ...]:
+    gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
+    boxes = [tuple(int(v) for v in face) for face in faces]
+    if boxes and _is_colour(small):
+        skin = _skin(small)
+        boxes = [box for box in boxes if _skin_fraction(skin, box) >= _FACE_SKIN]
+    if not boxes:
+        raise FaceRefused(NO_FACE)
+    if len(boxes) > 1:
+        raise _several(sorted(boxes, key=lambda b: -b[2]), scale)
+    x, y, w, h = boxes[0]
+    lips = _lips_in_face(small, (x, y, w, h))
+    if lips is None:
+        return float(x), float(y), float(w), float(h)
+    return lips[0] - 0.5 * w, lips[1] - _MOUTH_ROW * h, float(w), float(h)
+
+
+def _has_eyes(gray: np.ndarray, box: tuple[float, ...]) -> bool:
+    """Whether a face box has two dark eyes (or brows) above its cheeks: the darkest tenth of
+    each eye window is well below the cheeks' median. A red patch on fur or on an arm has not."""
+    x, y, w, h = box[:4]
+
+    def window(rows: tuple[float, float], cols: tuple[float, float]) -> np.ndarray:
+        return gray[round(y + rows[0] * h) : round(y + rows[1] * h),
+                    round(x + cols[0] * w) : round(x + cols[1] * w)].ravel()
+
+    cheeks = np.concatenate([window((0.55, 0.7), (0.15, 0.35)), window((0.55, 0.7), (0.65, 0.85))])
+    eyes = [window((0.25, 0.5), (0.15, 0.45)), window((0.25, 0.5), (0.55, 0.85))]
+    if cheeks.size == 0 or any(eye.size == 0 for eye in eyes):
+        return False
+    cheek = float(np.median(cheeks))
+    return all(float(np.percentile(eye, 10)) < _EYE_DARKNESS * cheek for eye in eyes)
+
+
+def _box_from_lips(small: np.ndarray, scale: float) -> tuple[float, ...]:
+    """Without a cascade: the face box whose template mouth lies on the lips. Accepted only when
+    that box lies inside the frame, is not tiny, is mostly skin and has two dark eyes above the
+    mouth (a face, not a red patch on fur or on an arm); two such faces are refused."""
+    height, width = small.shape[:2]
+    skin = _skin(small)
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    faces: list[tuple[float, ...]] = []
+    for cx, cy, lip_w, _, _ in lip_candidates(small):
+        w = lip_w / _MOUTH_WIDTH
+        box = (cx - 0.5 * w, cy - _MOUTH_ROW * w, w, w)
+        if (
+            lip_w >= _MIN_LIPS * max(height, width)
+            and box[0] >= 0 and box[1] >= 0 and box[0] + w <= width and box[1] + w <= height
+            and _skin_fraction(skin, box) >= 0.6
+            and _has_eyes(gray, box)
+        ):
+            faces.append(box)
+    if not faces:
+        raise FaceRefused(NO_FACE)
+    first = faces[0]
+    others = [b for b in faces[1:]
+              if abs(b[0] - first[0]) > first[2] or abs(b[1] - first[1]) > first[3]]
+    if others:
+        raise _several([first, *others], scale)
+    return first
+
+
+def detect_face_box(frame: np.ndarray, max_side: int = 320) -> tuple[float, ...]:
+    """The fallback's Haar-style ``(x, y, w, h)`` face box for the one face in an RGB frame.
+
+    With a Haar cascade: the face, moved so the template mouth lies on the lips when lips are
+    found inside the box where its mouth can be. Without one (OpenCV 5 wheels): the box the
+    template needs to put its mouth on the lips. Raises :class:`LandmarkError` ("no face found",
+    "several faces: ...") rather than guess.
+    """
+    small, scale = _resized(frame, max_side)
+    cascade = _cascade()
+    if cascade is not None:
+        box = _box_from_cascade(small, cascade, scale)
+    else:
+        box = _box_from_lips(small, scale)
     return tuple(float(v) / scale for v in box)
 
 
-def detected_landmarks(probe: VideoProbe, smooth_frames: int = 5) -> Landmarks:
-    """Template landmarks from a detected face box in every source frame of a video.
+def detect_face(frame: np.ndarray, detector: str | None = None) -> np.ndarray:
+    """The 68 points of the one face in an RGB frame, by :func:`face_detector_name`'s detector:
+    dlib's points, or the template in the fallback's face box. Raises :class:`LandmarkError`."""
+    if face_detector_name(detector) == "dlib68":
+        return dlib_face(frame)[0]
+    return landmarks_from_box(*detect_face_box(frame))
 
-    Box sides and positions are median-filtered over ``smooth_frames`` so the detector's
-    frame-to-frame wobble does not become crop jitter. ``source`` names the detector used.
+
+def detected_landmarks(
+    probe: VideoProbe, smooth_frames: int = 5, detector: str | None = None
+) -> Landmarks:
+    """Detected landmarks in every source frame of a video (see :func:`face_detector_name`).
+
+    Frames where the detector refuses are invalid (``failures`` counts the reasons). Template
+    boxes, or dlib's points outside the mouth, are median-filtered over ``smooth_frames`` so the
+    detector's frame-to-frame wobble does not become crop jitter; dlib's mouth points are kept
+    per frame (they follow speech). ``source`` names the detector used.
     """
-    boxes = np.zeros((probe.num_source_frames, 4), dtype=np.float64)
-    valid = np.zeros(probe.num_source_frames, dtype=bool)
+    source = face_detector_name(detector)
+    dlib68 = source == "dlib68"
+    count = probe.num_source_frames
+    values = np.zeros((count, 136 if dlib68 else 4), dtype=np.float64)
+    valid = np.zeros(count, dtype=bool)
+    failures: Counter[str] = Counter()
     for index, frame in iter_frames(probe):
-        if index >= len(valid):
+        if index >= count:
             break
-        box = detect_face_box(frame)
-        if box is not None:
-            boxes[index], valid[index] = box, True
+        try:
+            if dlib68:
+                values[index] = dlib_face(frame)[0].reshape(-1)
+            else:
+                values[index] = detect_face_box(frame)
+            valid[index] = True
+        except FaceRefused as exc:
+            failures[exc.reason] += 1
     if valid.any() and smooth_frames > 1:
-        frames = np.arange(len(valid))
+        frames = np.arange(count)
         filled = np.stack(
-            [np.interp(frames, frames[valid], boxes[valid, k]) for k in range(4)], axis=1
+            [np.interp(frames, frames[valid], values[valid, k]) for k in range(values.shape[1])],
+            axis=1,
         )
         half = smooth_frames // 2
         padded = np.pad(filled, ((half, half), (0, 0)), mode="edge")
         windows = np.lib.stride_tricks.sliding_window_view(padded, smooth_frames, axis=0)
-        boxes = np.median(windows, axis=-1)
-    points = np.stack([landmarks_from_box(*box) for box in boxes])
-    return Landmarks(points, valid, face_detector_name())
+        smoothed = np.median(windows, axis=-1)
+        if dlib68:  # mouth points keep their per-frame motion
+            mouth = np.zeros((68, 2), dtype=bool)
+            mouth[MOUTH_POINTS] = True
+            mouth = mouth.reshape(-1)
+            smoothed[:, mouth] = filled[:, mouth]
+        values = smoothed
+    if dlib68:
+        points = values.reshape(count, 68, 2).astype(np.float32)
+    else:
+        points = np.stack([landmarks_from_box(*box) for box in values]) if count else np.zeros(
+            (0, 68, 2), np.float32)
+    return Landmarks(points, valid, source, dict(failures))
 
 
 def video_landmarks(
@@ -285,6 +574,7 @@ def video_landmarks(
     *,
     smooth_frames: int,
     min_coverage: float,
+    detector: str | None = None,
 ) -> Landmarks:
     """Landmarks for every source frame of a video: its OpenFace CSV (one row per source frame)
     when given, else detected; invalid frames interpolated (see :func:`fill_invalid`). Data
@@ -297,5 +587,5 @@ def video_landmarks(
                 f"the video has {probe.num_source_frames}"
             )
     else:
-        marks = detected_landmarks(probe, smooth_frames)
+        marks = detected_landmarks(probe, smooth_frames, detector)
     return fill_invalid(marks, min_coverage)
