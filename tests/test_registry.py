@@ -360,3 +360,51 @@ def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypat
         assert evaluations and all(r.info.status == "FINISHED" for r in evaluations)
         assert {a.path for a in client.list_artifacts(evaluations[0].info.run_id)} >= {
             "evaluation.json", "comparison.png"}
+
+
+@pytest.fixture(scope="module")
+def held_out_shards(tmp_path_factory) -> Path:
+    """Four 4 s clips of identities and voices no model here trained on, two held out."""
+    from dinet_platform.config.schema import DataConfig
+    from dinet_platform.data.prepare import prepare_dataset
+    from dinet_platform.data.synth import synthesize_dataset
+
+    root = tmp_path_factory.mktemp("held-out")
+    synthesize_dataset(root / "videos", 4, 4.0, seed=7)
+    prepare_dataset(root / "videos", root / "shards", config=DataConfig(val_fraction=0.5),
+                    mouth_size=64, use_ray=False)
+    return root / "shards"
+
+
+def test_the_floor_refuses_a_barely_trained_model_and_accepts_the_base_model(
+    trained, held_out_shards, tmp_path, monkeypatch
+):
+    """With the default gates and no holder: the 2-step model is refused on the floor, the
+    committed base model (which lip-syncs) is promoted without forcing."""
+    from dinet_platform.demo import BASE_MODEL
+
+    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = yaml.safe_load(yaml.safe_dump(TINY))
+    data["evaluation"] = {"max_frames": 100}  # default gates
+    data["data"]["shards"] = str(held_out_shards)
+    data["tracking"] = {"registered_model": "dinet-floor"}
+    path = tmp_path / "floor.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    client = client_for(config.tracking)
+
+    barely = log_stage_run(client, config, trained["state"], tmp_path / "barely")
+    assert register_model(config, client, barely).version == 1
+    refused = promote(config, client, 1, "production")
+    assert not refused.moved and refused.holder is None
+    failed = {g.metric for g in refused.gates if not g.passed}
+    assert failed & {"floor_mouth_psnr", "floor_audio"}, refused.gates
+
+    base = log_stage_run(client, config, load_checkpoint(BASE_MODEL), tmp_path / "base")
+    assert register_model(config, client, base).version == 2
+    accepted = promote(config, client, 2, "production")
+    assert accepted.moved and not accepted.forced, accepted.gates
+    metrics = accepted.evaluation.result.metrics
+    assert metrics["candidate"]["mouth_psnr"] > metrics["paste_reference"]["mouth_psnr"] + 1.0
+    assert metrics["candidate"]["mouth_open_corr"] >= 0.3
