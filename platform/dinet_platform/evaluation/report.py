@@ -124,12 +124,7 @@ def plot_comparison(result: EvaluationResult, path: str | Path, title: str = "")
     figure.suptitle(title or f"evaluation at mouth {result.mouth_size} on "
                     f"{len(result.info['videos'])} held-out videos "
                     f"({result.info['frames']} frames)", fontsize=11)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def plot_mouth_strip(result: EvaluationResult, path: str | Path) -> Path | None:
@@ -157,12 +152,7 @@ def plot_mouth_strip(result: EvaluationResult, path: str | Path) -> Path | None:
     video = (result.info.get("videos") or ["?"])[0]
     figure.suptitle(f"mouth over frames {frames[0]}-{frames[-1]} of held-out {video}: "
                     "generated vs true", fontsize=10)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save_figure(figure, path)
 
 
 def plot_video_with_audio(video: str | Path, path: str | Path, count: int = 12,
@@ -201,6 +191,13 @@ def plot_video_with_audio(video: str | Path, path: str | Path, count: int = 12,
                      [f"{t:.2f}" for t in times], fontsize=7)
     strip.set_yticks([])
     figure.suptitle(f"{Path(video).name}: audio and the lower face of its frames", fontsize=10)
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure: Any, path: str | Path) -> Path:
+    """Lay out, write and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
