@@ -115,8 +115,9 @@ def deepspeech_path(video: Path) -> Path:
     return video.with_name(video.stem + DEEPSPEECH_SUFFIX)
 
 
-def load_deepspeech(path: Path, num_frames: int) -> np.ndarray:
-    """(num_frames, 29) DeepSpeech features from a user's ``.npy`` file, length-checked."""
+def load_deepspeech(path: Path, num_frames: int, against: str = "video") -> np.ndarray:
+    """(num_frames, 29) DeepSpeech features from a user's ``.npy`` file, length-checked
+    against ``num_frames`` frames of ``against``."""
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -128,7 +129,8 @@ def load_deepspeech(path: Path, num_frames: int) -> np.ndarray:
         )
     if abs(len(array) - num_frames) > DEEPSPEECH_SLACK:
         raise AudioFeatureError(
-            f"DeepSpeech features {path.name} have {len(array)} frames, video has {num_frames}"
+            f"DeepSpeech features {path.name} have {len(array)} frames, {against} has "
+            f"{num_frames} (one feature row per video frame, at most {DEEPSPEECH_SLACK} apart)"
         )
     if len(array) >= num_frames:
         return array[:num_frames]

@@ -197,7 +197,8 @@ class SampleBuilder:
         self.manifest = manifest if manifest is not None else load_manifest(shards)
         self.config = config or DataConfig()
         stored = self.manifest["features"]["dim"]
-        if stored != self.config.feature_dim:
+        kind = self.manifest["features"]["kind"]
+        if stored != self.config.feature_dim or kind != self.config.audio_features:
             raise ValueError(
                 f"shards hold {self.manifest['features']['kind']} features of size {stored}, "
                 f"the config asks for {self.config.audio_features} of size "

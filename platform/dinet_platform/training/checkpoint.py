@@ -7,7 +7,9 @@ a plain dict of tensors and primitives, written with ``torch.save`` and always r
     {"format": "dinet-platform/checkpoint/v1",
      "generator": state_dict, "discriminators": {"frame": sd, "clip": sd},
      "optimizers": {...} | None, "epoch": int (last finished, 0-based),
-     "mouth_size": int, "config": resolved DINetConfig as a dict, "metrics": {name: float}}
+     "mouth_size": int, "config": resolved DINetConfig as a dict, "metrics": {name: float},
+     "audio_features": the features the generator was trained on (added from "config" when
+                       absent; see :mod:`dinet_platform.audio_contract`)}
 
 Ray Train checkpoints, the MLflow checkpoint artifact of each stage and the registry's model
 artifact are all this directory.
@@ -22,6 +24,8 @@ from typing import Any
 import torch
 import yaml
 
+from dinet_platform.audio_contract import RECORD_KEY, AudioFeatureSpec
+
 FORMAT = "dinet-platform/checkpoint/v1"
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.yaml"
@@ -32,6 +36,8 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **state}
+    if state.get("config") and RECORD_KEY not in state:
+        payload[RECORD_KEY] = AudioFeatureSpec.from_config(state["config"]).as_dict()
     _atomic_torch_save(payload, directory / CHECKPOINT_FILE)
     config_text = yaml.safe_dump(state.get("config", {}), sort_keys=False)
     tmp = directory / f".{CONFIG_FILE}.tmp"
