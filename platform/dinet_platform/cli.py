@@ -98,9 +98,18 @@ def train(
         typer.Option(help="Ray dashboard address (http://HEAD:8265): submit each stage as a "
                      "Ray Job there instead of running on an embedded local Ray."),
     ] = None,
+    retrain_audio_path: Annotated[
+        bool,
+        typer.Option("--retrain-audio-path", help="--init-from a checkpoint trained on other "
+                     "audio features (e.g. a public DeepSpeech DINet with log-mel data): "
+                     "re-initialise its audio encoder for this config's features and re-train "
+                     "it (sets training.retrain_audio_path)."),
+    ] = False,
 ) -> None:
     """Train the multiscale pipeline: one Ray Train run per stage, tracked in MLflow."""
     cfg = load_or_exit(config, overrides)
+    if retrain_audio_path:
+        cfg.training.retrain_audio_path = True
     try:
         if address:
             from dinet_platform.training.schedule import select_stages

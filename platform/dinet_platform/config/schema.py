@@ -183,6 +183,11 @@ class TrainingConfig(Strict):
     seed: int = 0
     storage_path: str | None = None
     """Ray Train storage; default ``$DINET_HOME/ray``. Must be shared storage on a cluster."""
+    retrain_audio_path: bool = False
+    """Start from an init checkpoint trained on other audio features than ``data`` computes
+    (e.g. a public DeepSpeech DINet with log-mel data): its audio encoder is re-initialised
+    for this config's features and re-trained; the rest of the network loads. Without it
+    such an init checkpoint is refused (``dinet train --retrain-audio-path``)."""
 
 
 class TrackingConfig(Strict):

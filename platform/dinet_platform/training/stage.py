@@ -19,6 +19,16 @@ import ray.train
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
+from dinet_platform.audio_contract import (
+    PUBLIC_DINET_ORIGIN,
+    RETRAIN_FLAG,
+    RETRAIN_KEY,
+    AudioFeatureSpec,
+    check_features,
+    checkpoint_features,
+    fresh_audio_path,
+    is_public_dinet,
+)
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.data.dataset import build_dataset
 from dinet_platform.data.shards import ShardError, load_manifest
@@ -102,20 +112,44 @@ def check_stage_inputs(
 
 
 def _init_state(config: DINetConfig, init: Path) -> dict:
-    """Weights to start the stage from, checked against this config's networks."""
+    """Weights to start the stage from, checked against this config's networks and features.
+
+    An init checkpoint trained on other audio features than this config computes is refused,
+    unless ``training.retrain_audio_path`` says to re-train its audio path: then its audio
+    encoder is replaced by a fresh one for this config's features (see
+    :mod:`dinet_platform.audio_contract`)."""
     generator = build_generator(config.model)
     try:
         if is_platform_checkpoint(init):
             # A previous stage: its networks; optimizers restart at this stage's lr.
             checkpoint = load_checkpoint(init)
             state = {k: checkpoint[k] for k in ("generator", "discriminators")}
-            load_generator_weights(generator, state["generator"])
+            trained_on: AudioFeatureSpec | None = checkpoint_features(checkpoint, str(init))
+            origin = f"init checkpoint {init}"
+        else:
+            state = {"generator": read_state_dict(init)}  # a public DINet generator file
+            public = is_public_dinet(state["generator"])
+            trained_on = AudioFeatureSpec.public_dinet() if public else None
+            origin = (f"init checkpoint {init}, {PUBLIC_DINET_ORIGIN},"
+                      if public else f"init checkpoint {init}")
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"init checkpoint {init} cannot be read: {exc}") from None
+    wanted = AudioFeatureSpec.from_data(config.data)
+    retrain = config.training.retrain_audio_path
+    if trained_on is not None and not retrain:
+        check_features(
+            trained_on, wanted, model=origin, given_as="this config computes", loader="train",
+            alternative=(f"or, to re-train its audio path on this config's features "
+                         f"deliberately, pass {RETRAIN_FLAG} (config {RETRAIN_KEY}: true): its "
+                         "audio encoder starts fresh and the rest of the network loads"))
+    if retrain and (trained_on is None or trained_on.differences(wanted)):
+        state["generator"] = fresh_audio_path(state["generator"], generator)
+    try:
+        load_generator_weights(generator, state["generator"])
+        if "discriminators" in state:
             discriminators = build_discriminators(config.model, clip_len=config.data.clip_len)
             for name, module in discriminators.modules().items():
                 module.load_state_dict(state["discriminators"][name])
-        else:
-            state = {"generator": read_state_dict(init)}  # a public DINet generator file
-            load_generator_weights(generator, state["generator"])
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ValueError(
             f"init checkpoint {init} does not fit this config's model: {exc}"
