@@ -29,6 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dinet_platform.audio_contract import (
+    AudioContractError,
+    AudioFeatureSpec,
+    check_features,
+    checkpoint_features,
+    is_public_dinet,
+    public_dinet_config,
+)
 from dinet_platform.config.schema import DINetConfig, EvaluationConfig
 from dinet_platform.data import augment
 from dinet_platform.data.audio_features import audio_window
@@ -66,25 +74,43 @@ class EvalModel:
     audio_channels: int
     source: str
     details: dict[str, Any] = field(default_factory=dict)
+    features: AudioFeatureSpec | None = None
+    """The audio features it was trained on (None: only ``audio_channels`` is known)."""
+    config: DINetConfig | None = None
+    """The config it runs with (for a public DINet file: the one derived for it)."""
 
 
 def load_model(name: str, path: str | Path, source: str,
                fallback: DINetConfig | None = None) -> EvalModel:
-    """A platform checkpoint (directory or ``checkpoint.pt``), or a public DINet generator
-    file, which is built with ``fallback``'s model at its last stage's mouth size."""
+    """A platform checkpoint (directory or ``checkpoint.pt``), or a bare generator file.
+
+    A public DINet generator (recognised by its parameter layout) is built as DINet at full
+    width taking DeepSpeech features (:func:`~dinet_platform.audio_contract.public_dinet_config`)
+    with ``fallback``'s stages: at its last stage's mouth size. Another bare state dict is built
+    with ``fallback``'s model. The audio features the model needs are checked against the
+    checkpoint's record and come with the model (``features``)."""
     try:
         if is_platform_checkpoint(path):
             state = load_checkpoint(path)
             config = DINetConfig.model_validate(state["config"])
             mouth_size = int(state["mouth_size"])
             weights = state["generator"]
+            features = checkpoint_features(state, source)
         else:
-            if fallback is None:
-                raise ValueError("it is not a platform checkpoint and no config was given")
-            config, mouth_size = fallback, fallback.stages[-1].mouth_size
             weights = read_state_dict(path)
+            if is_public_dinet(weights):
+                config = public_dinet_config(fallback)
+                features = AudioFeatureSpec.public_dinet()
+            elif fallback is None:
+                raise ValueError("it is not a platform checkpoint and no config was given")
+            else:
+                config = fallback
+                features = AudioFeatureSpec.from_data(config.data)
+            mouth_size = config.stages[-1].mouth_size
         generator = build_generator(config.model)
         load_generator_weights(generator, weights)
+    except AudioContractError:
+        raise
     except (ValueError, RuntimeError, KeyError, FileNotFoundError) as exc:
         raise ValueError(f"model {source!r} cannot be loaded: {exc}") from None
     return EvalModel(
@@ -94,6 +120,8 @@ def load_model(name: str, path: str | Path, source: str,
         audio_window=config.data.audio_window,
         audio_channels=config.model.audio_channels,
         source=source,
+        features=features,
+        config=config,
     )
 
 
@@ -182,7 +210,11 @@ def evaluate(
     names = [m.name for m in models]
     if len(set(names)) != len(names) or {*names} & {GROUND_TRUTH, *BASELINES}:
         raise ValueError(f"model names must be distinct and not baseline names, got {names}")
+    data_features = AudioFeatureSpec.from_manifest(videos.manifest["features"])
     for model in models:
+        if model.features is not None:
+            check_features(model.features, data_features, model=f"model {model.source!r}",
+                           given_as="the evaluation data holds", loader="evaluate")
         if model.audio_channels != videos.feature_dim:
             raise ValueError(
                 f"model {model.source!r} takes {model.audio_channels} audio features per frame "

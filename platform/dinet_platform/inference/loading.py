@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import yaml
 
+from dinet_platform.audio_contract import RECORD_KEY, AudioFeatureSpec, check_record
 from dinet_platform.config.schema import DINetConfig
 from dinet_platform.inference.artifact import META_FILE, load_artifact, save_artifact
 from dinet_platform.inference.engine import InferenceEngine
@@ -81,6 +82,11 @@ class ModelInfo:
     def audio_window(self) -> int:
         return self.config.data.audio_window
 
+    @property
+    def features(self) -> AudioFeatureSpec:
+        """The audio features the model was trained on (checked against its record at load)."""
+        return AudioFeatureSpec.from_data(self.config.data)
+
     def as_dict(self) -> dict[str, Any]:
         data = self.config.data
         return {
@@ -98,6 +104,7 @@ class ModelInfo:
                 "window": data.audio_window,
                 "fps": data.fps,
                 "sample_rate": data.sample_rate,
+                "normalization": self.features.normalization,
             },
             "details": self.details,
         }
@@ -189,6 +196,7 @@ def save_optimized(
             "mouth_size": mouth_size,
             "description": engine.description,
             "artifact_format": info.format,
+            RECORD_KEY: AudioFeatureSpec.from_data(config.data).as_dict(),
             **(details or {}),
         }
         (staging / OPTIMIZATION_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -231,7 +239,9 @@ def load_engine(
             ``$MLFLOW_TRACKING_URI``).
         calibration_shards: shards with real frames for static int8 (default: the model
             config's ``data.shards``); ``calibration`` gives the batches directly.
-        config: for a public DINet ``.pth`` (which carries no config): its model config.
+        config: for a bare generator file (which carries no config): its config. A public
+            DINet generator (recognised by its layout) takes only the stages from it: it runs
+            as full-width DINet on DeepSpeech features at the last stage's mouth size.
         compile: override the mode's ``torch.compile`` switch (``False`` for a process that
             cannot afford a compile per input shape).
     """
@@ -282,6 +292,7 @@ def _load_optimized(
     mode: Mode | OptimizeOptions | None, device: str | torch.device,
 ) -> tuple[InferenceEngine, ModelInfo]:
     meta, config = read_optimized(path)
+    check_record(meta.get(RECORD_KEY), config, f"model {source!r}")
     wanted = mode if mode is None or isinstance(mode, str) else mode.describe()
     if wanted is not None and wanted != meta["mode"]:
         raise ValueError(
@@ -293,7 +304,7 @@ def _load_optimized(
         name=name, version=version, alias=alias, mode=meta["mode"],
         mouth_size=int(meta["mouth_size"]), source=source, description=engine.description,
         optimized_artifact=True, config=config,
-        details={k: v for k, v in meta.items() if k not in ("mode", "mouth_size")},
+        details={k: v for k, v in meta.items() if k not in ("mode", "mouth_size", RECORD_KEY)},
     )
     return engine, info
 
@@ -306,12 +317,10 @@ def _load_checkpoint(
 ) -> tuple[InferenceEngine, ModelInfo]:
     from dinet_platform.evaluation.evaluate import load_model
     from dinet_platform.inference.modes import OptimizeOptions, optimize
-    from dinet_platform.training.checkpoint import is_platform_checkpoint, load_checkpoint
 
     model = load_model(name, path, source=source, fallback=config)
-    if is_platform_checkpoint(path):
-        config = DINetConfig.model_validate(load_checkpoint(path)["config"])
-    assert config is not None  # load_model refuses a non-platform file without one
+    config = model.config  # the checkpoint's own, or the one derived for a public DINet file
+    assert config is not None
     mode = DEFAULT_MODE if mode is None else mode
     options = mode if isinstance(mode, OptimizeOptions) else OptimizeOptions.for_mode(mode)
     if compile is not None:
