@@ -101,6 +101,13 @@ def dub(
     landmarks: Annotated[
         Path | None, typer.Option(help="OpenFace CSV for the video (default: detect faces).")
     ] = None,
+    audio_features: Annotated[
+        Path | None,
+        typer.Option(help="DeepSpeech features of --audio, a .npy of shape (frames, 29) at the "
+                     "video frame rate (DINet's compute_audio_feature), for a model trained on "
+                     "them (a public DINet checkpoint); default: <audio>_deepspeech.npy if it "
+                     "exists. Log-mel models compute their features from --audio."),
+    ] = None,
     data: DataOption = None,
     compile: CompileOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -115,7 +122,8 @@ def dub(
     from dinet_platform.inference.dub import dub_video
     from dinet_platform.inference.loading import load_engine
 
-    for role, path in (("video", video), ("audio", audio), ("landmarks", landmarks)):
+    for role, path in (("video", video), ("audio", audio), ("landmarks", landmarks),
+                       ("audio-features", audio_features)):
         if path is not None and not path.is_file():
             raise fail(FileNotFoundError(f"--{role} {path}: file not found"))
     if out.suffix.lower() != ".mp4":
@@ -129,11 +137,13 @@ def dub(
     cfg = load_or_exit(config, overrides)
     try:
         engine, info = load_engine(model, mode=mode, client=_client(model, cfg),  # type: ignore[arg-type]
-                                   calibration_shards=data, compile=compile, device=device)
+                                   calibration_shards=data, compile=compile, device=device,
+                                   config=cfg)
         console.print(f"model {info.source} ({info.description}, mouth {info.mouth_size})",
                       highlight=False)
         result = dub_video(engine, video, audio, out, model=info, batch_size=batch_size,
-                           progress=progress, landmarks=landmarks, console=console)
+                           progress=progress, landmarks=landmarks, console=console,
+                           audio_features=audio_features)
     except (ValueError, RuntimeError, MediaError, FileNotFoundError) as exc:
         raise fail(exc) from None
     console.print(result.summary(), highlight=False)

@@ -3,8 +3,9 @@
 :func:`dub_video` is the one dubbing function (``dinet dub`` and Serve's ``/v1/dub`` call it):
 
 1. audio features with the function and settings training used (log-mel from the model's
-   ``data`` config, one vector per output frame; DeepSpeech from ``<audio>_deepspeech.npy``
-   when the model was trained on those);
+   ``data`` config, one vector per output frame; DeepSpeech -- which nothing here can compute
+   -- from ``audio_features`` or ``<audio>_deepspeech.npy`` when the model was trained on
+   those, refused with how to provide them when absent);
 2. the avatar (:class:`~dinet_platform.inference.avatar.Avatar`) looped forward/backward or
    trimmed so the output has exactly ``round(audio seconds x fps)`` frames;
 3. reference features encoded once, then frames through the engine in batches;
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,8 +33,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from dinet_platform.audio_contract import (
+    AudioContractError,
+    AudioFeatureSpec,
+    check_feature_file,
+    check_features,
+    missing_features,
+    npy_shape,
+)
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data.audio_features import (
+    DEEPSPEECH_DIM,
     AudioFeatureError,
     audio_window,
     deepspeech_path,
@@ -107,24 +117,54 @@ def _native_rate(path: Path) -> int:
     return 16000
 
 
-def load_speech(audio: str | Path, data: DataConfig) -> Speech:
-    """Read ``audio`` (any file with an audio stream) and compute the model's features."""
+def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None = None, *,
+                model: str = "the model") -> Speech:
+    """Read ``audio`` (any file with an audio stream) and the model's features for it.
+
+    Log-mel is computed from the audio. DeepSpeech features cannot be computed here: they
+    come from ``features`` (a ``.npy`` of shape ``(frames, 29)``), else from the sidecar
+    ``<audio>_deepspeech.npy``; without either the model is refused (with how to provide
+    them), as is ``features`` for a model that computes its own (see
+    :mod:`dinet_platform.audio_contract`)."""
     audio = Path(audio)
+    needed = AudioFeatureSpec.from_data(data)
+    if needed.kind == "deepspeech":
+        sidecar = deepspeech_path(audio)
+        features = features if features is not None else (sidecar if sidecar.is_file() else None)
+        if features is None:
+            raise DubError(missing_features(needed, model=model, loader="dub"))
+        try:
+            check_feature_file(*npy_shape(Path(features), f"features {Path(features).name}"),
+                               needed, f"features {Path(features).name}")
+        except AudioContractError as exc:
+            raise DubError(str(exc)) from None
+    elif features is not None:
+        try:
+            check_features(needed, replace(needed, kind="deepspeech", dim=DEEPSPEECH_DIM,
+                                           sample_rate=None),
+                           model=model, given_as="--audio-features gives", loader="dub")
+        except AudioContractError as exc:
+            raise DubError(str(exc)) from None
+        raise DubError(f"{model} computes its log-mel features from the audio: "
+                       "leave out --audio-features")
     try:
         model_rate = read_audio(audio, data.sample_rate)
         rate = _native_rate(audio)
         samples = model_rate if rate == data.sample_rate else read_audio(audio, rate)
         num_frames = max(1, round(len(model_rate) / data.sample_rate * data.fps))
-        if data.audio_features == "deepspeech":
-            features = load_deepspeech(deepspeech_path(audio), num_frames)
+        if features is not None:
+            values = load_deepspeech(Path(features), num_frames, against="the speech")
         else:
-            features = logmel_features(model_rate, num_frames, sample_rate=data.sample_rate,
-                                       fps=data.fps, n_mels=data.n_mels)
+            values = logmel_features(model_rate, num_frames, sample_rate=data.sample_rate,
+                                     fps=data.fps, n_mels=data.n_mels)
     except FileNotFoundError as exc:
         raise DubError(f"audio {audio.name}: {exc}") from None
-    except (MediaError, AudioFeatureError) as exc:
+    except AudioFeatureError as exc:
+        raise DubError(str(exc) if features is not None else f"audio {audio.name}: {exc}"
+                       ) from None
+    except MediaError as exc:
         raise DubError(f"audio {audio.name}: {exc}") from None
-    return Speech(samples=samples, sample_rate=rate, features=features, fps=data.fps)
+    return Speech(samples=samples, sample_rate=rate, features=values, fps=data.fps)
 
 
 def render_frames(
@@ -165,10 +205,13 @@ def dub_video(
     reference: AvatarFeatures | None = None,
     crf: int = DEFAULT_CRF,
     console: Console | None = None,
+    audio_features: str | Path | None = None,
 ) -> DubResult:
     """Dub ``video`` (a file, with an optional OpenFace ``landmarks`` CSV, or a prepared
     :class:`Avatar`) with ``audio`` into the mp4 ``out`` (see the module doc). ``model`` is
-    the :class:`ModelInfo` that came with ``engine`` from ``load_engine``."""
+    the :class:`ModelInfo` that came with ``engine`` from ``load_engine``; ``audio_features``
+    the DeepSpeech features of ``audio`` for a model trained on them (see :func:`load_speech`).
+    """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
         raise DubError(f"--out {out}: the output is an H.264 mp4, name it *.mp4")
@@ -177,6 +220,9 @@ def dub_video(
     if batch_size < 1:
         raise DubError(f"batch_size must be >= 1, got {batch_size}")
     data = model.config.data
+    # the speech and its features first: cheap to check, and refused before any video decoding
+    speech = audio if isinstance(audio, Speech) else load_speech(
+        audio, data, audio_features, model=f"model {model.source}")
     if isinstance(video, Avatar):
         avatar = video
     else:
@@ -194,7 +240,6 @@ def dub_video(
                        f"{model.mouth_size}")
     if avatar.fps != data.fps:
         raise DubError(f"avatar is at {avatar.fps} fps, the model's features at {data.fps}")
-    speech = audio if isinstance(audio, Speech) else load_speech(audio, data)
 
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
