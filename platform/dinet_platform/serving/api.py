@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dinet_platform.audio_contract import AudioFeatureSpec, missing_features
 from dinet_platform.data.audio_features import audio_window, logmel_features
 
 
@@ -100,8 +101,8 @@ def features_from_wav(samples: np.ndarray, field: str, model: dict[str, Any],
     """Per-frame features ``(N, A)`` of a PCM chunk, with the same function training used."""
     audio = model["audio"]
     if audio["features"] != "logmel":
-        raise invalid(field, f"model version {model['version']} takes "
-                             f"{audio['features']} features: send 'features', not audio")
+        raise invalid(field, missing_features(served_features(model),
+                                              model=served_name(model), loader="serve-frames"))
     hop = audio["sample_rate"] // audio["fps"]
     frames = len(samples) // hop
     if count is not None and abs(len(samples) - count * hop) >= hop:
@@ -122,12 +123,29 @@ def features_from_json(values: Any, field: str, model: dict[str, Any],
         raise invalid(field, "must be a list of per-frame feature vectors (numbers)") from None
     channels = model["audio"]["dim"]
     if array.ndim != 2 or array.shape[1] != channels or len(array) == 0:
-        raise invalid(field, f"must have shape (frames, {channels}), got {array.shape}")
+        needed = served_features(model)
+        raise invalid(field, f"must have shape (frames, {channels}), got {array.shape}: "
+                             f"{served_name(model)} takes {needed.describe()}")
     if not np.isfinite(array).all():
         raise invalid(field, "contains NaN or infinite values")
     if count is not None and len(array) != count:
         raise invalid(field, f"{len(array)} feature frames, but count is {count}")
     return array
+
+
+def served_features(model: dict[str, Any]) -> AudioFeatureSpec:
+    """The audio features of the served model (``GET /v1/model``'s ``audio``)."""
+    audio = model["audio"]
+    deepspeech = audio["features"] == "deepspeech"
+    return AudioFeatureSpec(kind=audio["features"], dim=audio["dim"], fps=audio["fps"],
+                            window=audio["window"],
+                            sample_rate=None if deepspeech else audio["sample_rate"],
+                            normalization=audio.get("normalization"))
+
+
+def served_name(model: dict[str, Any]) -> str:
+    return f"model version {model.get('version')}" if model.get("version") else (
+        f"model {model.get('source', '')}".strip())
 
 
 def audio_windows(features: np.ndarray, width: int) -> np.ndarray:

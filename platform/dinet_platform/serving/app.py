@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data.media import MediaError, decode_image
 from dinet_platform.inference.avatar import Avatar, AvatarError
+from dinet_platform.inference.dub import DubError, load_speech
 from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid
 from dinet_platform.serving.auth import check_bearer
@@ -236,10 +237,12 @@ def create_app() -> FastAPI:
     async def frames(avatar_id: str, request: Request) -> Response:
         """Generated face crops for a window of audio, batched with other callers.
 
-        JSON body: ``{"features": [[...] x A] x N}`` (per-frame audio features) or
-        ``{"audio_wav": b64 PCM WAV}``, plus ``start`` (first frame index in the avatar's
-        source track, default 0), ``count`` (optional, checked against the audio) and
-        ``format`` (``png``: base64 PNGs in JSON; ``npy``: one float32 ``(N, H, W, 3)`` array).
+        JSON body: ``{"features": [[...] x A] x N}`` (per-frame audio features; the only way
+        for a model trained on DeepSpeech features) or ``{"audio_wav": b64 PCM WAV}`` (log-mel
+        models: the features are computed as in training), plus ``start`` (first frame index
+        in the avatar's source track, default 0), ``count`` (optional, checked against the
+        audio) and ``format`` (``png``: base64 PNGs in JSON; ``npy``: one float32
+        ``(N, H, W, 3)`` array).
         ``output``: ``crops`` (face crops, float32 in npy) or ``frames`` (the avatar's full
         frames with the mouth blended in, uint8 in npy). Or a raw ``audio/wav`` body with
         ``?start=&count=&format=&output=`` in the query."""
@@ -294,14 +297,26 @@ def create_app() -> FastAPI:
     @app.post("/v1/dub", status_code=202)
     async def dub(request: Request) -> dict[str, Any]:
         """Dub a video: ``multipart/form-data`` with ``audio`` (speech, any audio file) and
-        either ``avatar_id`` or a ``video`` file (+ optional ``landmarks`` CSV). Rendered in
+        either ``avatar_id`` or a ``video`` file (+ optional ``landmarks`` CSV); for a model
+        trained on DeepSpeech features (``GET /v1/model``: ``audio.features``) also
+        ``audio_features``, a ``.npy`` of shape ``(frames, 29)``, one row per video frame of
+        the speech (422 without it). Rendered in
         batches on a model replica; poll ``status_url``, then fetch ``video_url`` (an H.264
         mp4 with the speech muxed in)."""
         st = state(request)
-        await st.served()
+        model = await st.served()
         job_id, folder = st.jobs.create()
         try:
-            spec = await receive_dub(request, body_limit(st), st.store, folder)
+            spec = await receive_dub(request, body_limit(st), st.store, folder, model)
+            if spec.get("audio_features"):  # their length against the speech's, now
+                data = DataConfig.model_validate(model["data"])
+                try:
+                    await asyncio.to_thread(load_speech, folder / spec["audio"], data,
+                                            folder / spec["audio_features"],
+                                            model=api.served_name(model))
+                except DubError as exc:
+                    field = "audio" if str(exc).startswith("audio ") else "audio_features"
+                    raise invalid(field, str(exc)) from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -269,11 +269,14 @@ class ModelServer:
             else:
                 video = folder / spec["video"]
             landmarks = folder / spec["landmarks"] if spec.get("landmarks") else None
+            features = (folder / spec["audio_features"] if spec.get("audio_features")
+                        else None)
             with self._gate.forward():
                 result = dub_video(model.engine, video, folder / spec["audio"],
                                    jobs.output(job_id), model=model.info,
                                    batch_size=self.serving.max_batch_size, progress=False,
-                                   landmarks=landmarks, reference=reference)
+                                   landmarks=landmarks, reference=reference,
+                                   audio_features=features)
         except (ValueError, KeyError, OSError) as exc:  # DubError, AvatarError, missing avatar
             jobs.set_status(job_id, "failed", error=str(exc))
         else:

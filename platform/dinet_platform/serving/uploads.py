@@ -10,23 +10,60 @@ from typing import Any
 
 from fastapi import Request
 
-from dinet_platform.serving.api import ApiError, invalid
+from dinet_platform.audio_contract import (
+    AudioContractError,
+    check_feature_file,
+    how_to_provide,
+    missing_features,
+    npy_shape,
+)
+from dinet_platform.serving.api import ApiError, invalid, served_features, served_name
 from dinet_platform.serving.avatars import AvatarStore
 
 JSON_TYPES = ("application/json", "")
 WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave")
 
 
-async def receive_dub(request: Request, limit: int, store: AvatarStore, folder: Path
-                      ) -> dict[str, Any]:
+FEATURES_FILE = "audio_features.npy"
+
+
+async def receive_dub(request: Request, limit: int, store: AvatarStore, folder: Path,
+                      model: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dub job's inputs written to ``folder``; its spec. With the served ``model``'s
+    description, its audio-feature contract is checked first: a model trained on DeepSpeech
+    features needs an ``audio_features`` part (refused, 422, without one or with a wrong
+    shape, read from the ``.npy`` header before anything is decoded); a log-mel model refuses
+    one."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "multipart/form-data":
         raise ApiError(415, "Content-Type", f"send multipart/form-data, got {kind!r}")
     spec: dict[str, Any] = {}
-    async with request.form(max_files=3, max_fields=4, max_part_size=limit) as form:
+    async with request.form(max_files=4, max_fields=4, max_part_size=limit) as form:
         audio = form.get("audio")
         if audio is None or isinstance(audio, str):
             raise invalid("audio", "required: the speech as a file part")
+        features = form.get("audio_features")
+        if model is not None:
+            needed = served_features(model)
+            name = served_name(model)
+            if needed.kind == "deepspeech" and features is None:
+                raise invalid("audio_features",
+                              missing_features(needed, model=name, loader="serve-dub"))
+            if needed.kind != "deepspeech" and features is not None:
+                raise invalid("audio_features", f"{name} was trained on {needed.describe()}: "
+                                                + how_to_provide(needed, "serve-dub"))
+        if features is not None:
+            if isinstance(features, str):
+                raise invalid("audio_features", "must be a file part (a .npy array)")
+            data = await features.read()
+            try:
+                shape, dtype = npy_shape(data, "audio_features")
+                if model is not None:
+                    check_feature_file(shape, dtype, served_features(model), "audio_features")
+            except AudioContractError as exc:
+                raise invalid("audio_features", str(exc)) from None
+            spec["audio_features"] = FEATURES_FILE
+            (folder / FEATURES_FILE).write_bytes(data)
         avatar_id, video = form.get("avatar_id"), form.get("video")
         if (avatar_id is None) == (video is None):
             raise invalid("avatar_id", "send exactly one of 'avatar_id' or a 'video' file")
