@@ -84,13 +84,19 @@ class LipSyncClient:
 
     def dub(self, audio: str | Path, out: str | Path, *, avatar_id: str | None = None,
             video: str | Path | None = None, timeout_s: float = 1800.0,
-            poll_s: float = 1.0) -> Path:
+            poll_s: float = 1.0, audio_features: str | Path | None = None) -> Path:
         """Dub ``video`` (or the avatar ``avatar_id``) with the speech in ``audio``: submit the
-        job, wait for it, and write the mp4 (audio muxed in) to ``out``."""
+        job, wait for it, and write the mp4 (audio muxed in) to ``out``. ``audio_features``:
+        the speech's DeepSpeech features (``.npy``, ``(frames, 29)``) for a model trained on
+        them."""
         if (avatar_id is None) == (video is None):
             raise ValueError("give exactly one of avatar_id or video")
         audio = Path(audio)
         files: dict[str, Any] = {"audio": (audio.name, audio.read_bytes(), "audio/wav")}
+        if audio_features is not None:
+            features = Path(audio_features)
+            files["audio_features"] = (features.name, features.read_bytes(),
+                                       "application/octet-stream")
         data = {}
         if avatar_id is not None:
             data["avatar_id"] = avatar_id

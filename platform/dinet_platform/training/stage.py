@@ -123,7 +123,8 @@ def _init_state(config: DINetConfig, init: Path) -> dict:
         if is_platform_checkpoint(init):
             # A previous stage: its networks; optimizers restart at this stage's lr.
             checkpoint = load_checkpoint(init)
-            state = {k: checkpoint[k] for k in ("generator", "discriminators")}
+            state = {k: checkpoint[k] for k in ("generator", "discriminators")
+                     if checkpoint.get(k) is not None}  # a generator-only file: D fresh
             trained_on: AudioFeatureSpec | None = checkpoint_features(checkpoint, str(init))
             origin = f"init checkpoint {init}"
         else:
