@@ -236,7 +236,13 @@ def test_interrupted_write_leaves_no_half_clip(tmp_path: Path, monkeypatch) -> N
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"size": 65}, "size"), ({"seconds": 0}, "seconds"), ({"name": "a/b"}, "name")],
+    [
+        ({"size": 65}, "size"),
+        ({"seconds": 0}, "seconds"),
+        ({"name": "a/b"}, "name"),
+        ({"speech": "opera"}, "speech"),
+        ({"speech": "tts", "voice_pool": "choir"}, "voice pool"),
+    ],
 )
 def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict, message: str) -> None:
     args = {"name": "x", "seconds": 0.4, "seed": 0, "size": 64} | kwargs

@@ -21,6 +21,22 @@ def synth(
     size: Annotated[
         int, typer.Option("--size", min=64, help="Frame width and height (even).")
     ] = 256,
+    speech: Annotated[
+        str,
+        typer.Option(
+            "--speech",
+            help="tts: English sentences spoken by espeak-ng, mouths timed by its phonemes; "
+            "formant: random synthetic syllables.",
+        ),
+    ] = "tts",
+    voices: Annotated[
+        str,
+        typer.Option(
+            "--voices",
+            help="Voice pool for --speech tts: 'train', or 'held-out' (accents and espeak "
+            "variants the train pool never uses, for evaluation).",
+        ),
+    ] = "train",
 ) -> None:
     """Generate synthetic talking-face clips: <name>.mp4 + OpenFace-style .csv + truth .json."""
     from rich.console import Console
@@ -39,6 +55,8 @@ def synth(
                 seconds,
                 seed,
                 size=size,
+                speech=speech,
+                voice_pool=voices,
                 on_clip=lambda _clip: progress.advance(task),
             )
         except ValueError as exc:

@@ -51,11 +51,21 @@ from dinet_platform.data.synth_face import (
     random_identity,
 )
 from dinet_platform.data.synth_render import FaceRenderer
+from dinet_platform.data.synth_speech import (
+    VOICE_POOLS,
+    SpeechVoice,
+    VoicePool,
+    random_speech_voice,
+    speak_sentences,
+)
 
 FPS = 25
 SAMPLE_RATE = 16000
 FORMAT_VERSION = "dinet-synth/1"
 AudioCodec = Literal["aac", "alac"]
+SpeechKind = Literal["formant", "tts"]
+"""``formant``: random syllables from a source-filter model (``synth_audio``); ``tts``: English
+sentences spoken by espeak-ng with phoneme-timed mouths (``synth_speech``)."""
 X264_OPTIONS = {
     # ultrafast: the content is flat-shaded, so the fast preset loses little; crf 18 keeps lips
     # and teeth crisp. threads=1 makes the bitstream deterministic; a 1 s GOP without B-frames
@@ -105,19 +115,28 @@ def synthesize_dataset(
     seed: int,
     *,
     size: int | tuple[int, int] = 256,
+    speech: SpeechKind = "formant",
+    voice_pool: VoicePool = "train",
     on_clip: Callable[[SynthClip], None] | None = None,
 ) -> list[SynthClip]:
     """``videos`` clips named ``synth_0000``, ``synth_0001``, ... each with its own identity.
 
     Clip ``i`` depends only on ``(seed, i)``, so growing a dataset keeps the clips it had.
-    ``on_clip`` is called after each clip (progress reporting).
+    ``speech``/``voice_pool``: see :func:`synthesize_video`. ``on_clip`` is called after each
+    clip (progress reporting).
     """
     if videos < 1:
         raise ValueError(f"videos must be >= 1, got {videos}")
     clips = []
     for index in range(videos):
         clip = synthesize_video(
-            out_dir, f"synth_{index:04d}", seconds, clip_seed(seed, index), size=size
+            out_dir,
+            f"synth_{index:04d}",
+            seconds,
+            clip_seed(seed, index),
+            size=size,
+            speech=speech,
+            voice_pool=voice_pool,
         )
         clips.append(clip)
         if on_clip is not None:
@@ -135,13 +154,23 @@ def synthesize_video(
     fps: int = FPS,
     sample_rate: int = SAMPLE_RATE,
     audio_codec: AudioCodec = "aac",
+    speech: SpeechKind = "formant",
+    voice_pool: VoicePool = "train",
 ) -> SynthClip:
     """Generate one clip ``<out_dir>/<name>.{mp4,csv,json}`` from ``seed``.
+
+    ``speech="tts"`` speaks English sentences with an espeak-ng voice from ``voice_pool``
+    (``train`` or ``held-out``: disjoint accents and variants); ``"formant"`` synthesizes
+    random syllables (the pool does not apply).
 
     ``size`` is the frame size (``int`` for square, or ``(width, height)``; even numbers >= 64).
     ``audio_codec="alac"`` stores the audio losslessly (exact sample count) instead of AAC.
     """
     width, height = _check_args(name, seconds, size, fps, sample_rate)
+    if speech not in ("formant", "tts"):
+        raise ValueError(f"speech must be 'formant' or 'tts', got {speech!r}")
+    if speech == "tts" and voice_pool not in VOICE_POOLS:
+        raise ValueError(f"voice pool must be one of {sorted(VOICE_POOLS)}, got {voice_pool!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     num_frames = max(1, round(seconds * fps))
@@ -150,9 +179,14 @@ def synthesize_video(
         np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(5)
     )
     identity = random_identity(face_rng, width, height)
-    voice = random_voice(face_rng)
-    segments = phone_sequence(speech_rng, num_frames / fps)
-    audio = synthesize_audio(segments, voice, num_samples, sample_rate, audio_rng)
+    voice: Voice | SpeechVoice
+    if speech == "tts":
+        voice = random_speech_voice(face_rng, voice_pool)
+        audio, segments = speak_sentences(speech_rng, voice, num_samples, sample_rate)
+    else:
+        voice = random_voice(face_rng)
+        segments = phone_sequence(speech_rng, num_frames / fps)
+        audio = synthesize_audio(segments, voice, num_samples, sample_rate, audio_rng)
     mouth = mouth_tracks(segments, num_frames, fps)
     poses = head_poses(motion_rng, identity, num_frames, fps)
     blinks = blink_openness(motion_rng, num_frames, fps)
@@ -309,10 +343,18 @@ def _json_lines(doc: dict) -> str:
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
+def _voice_document(voice: Voice | SpeechVoice) -> dict:
+    if isinstance(voice, SpeechVoice):
+        return {"engine": "espeak-ng", "name": voice.name, "pitch": voice.pitch,
+                "pitch_range": voice.pitch_range, "words_per_minute": voice.words_per_minute}
+    return {"engine": "formant", "f0_hz": round(voice.f0, 2),
+            "formant_scale": round(voice.formant_scale, 4)}
+
+
 def _truth_document(
     clip: SynthClip,
     identity: Identity,
-    voice: Voice,
+    voice: Voice | SpeechVoice,
     segments: list[Segment],
     mouth: MouthTrack,
     poses: list[Pose],
@@ -352,7 +394,7 @@ def _truth_document(
         "height": clip.height,
         "frame_time": "frame i (1-based) shows the mouth at t = (i - 0.5) / fps seconds",
         "files": {"video": clip.video.name, "landmarks": clip.landmarks.name},
-        "voice": {"f0_hz": round(voice.f0, 2), "formant_scale": round(voice.formant_scale, 4)},
+        "voice": _voice_document(voice),
         "identity": {
             "mouth_width_px": round(identity.mouth_width, 2),
             "face_axes_px": [round(v, 2) for v in identity.axes],

@@ -80,6 +80,8 @@ PHONES: dict[str, Phone] = {
         Phone("s", "fricative", 3, (70, 140), 0.25, 1.5, noise_band=(4000.0, 7800.0)),
         Phone("sh", "fricative", 4, (70, 140), 0.30, 1.5, noise_band=(2000.0, 4500.0)),
         Phone("l", "nasal", 5, (60, 110), 0.50, 1.0, formants=(350.0, 1100.0, 2700.0)),
+        # velars, glottals and glides (spoken speech only): the neighbours shape the mouth
+        Phone("h", "fricative", 7, (50, 100), 0.10, 0.3, noise_band=(500.0, 6000.0)),
         Phone("a", "vowel", 6, (90, 200), 1.00, 1.0, formants=(750.0, 1250.0, 2600.0)),
         Phone("e", "vowel", 7, (80, 180), 0.85, 1.0, formants=(500.0, 1850.0, 2600.0)),
         Phone("i", "vowel", 8, (80, 170), 0.70, 1.0, formants=(290.0, 2300.0, 3000.0)),
