@@ -219,3 +219,103 @@ def test_dub_video_refuses_mismatched_avatar(engine, inputs, tmp_path):
     with pytest.raises(AvatarError, match=r"still\.png"):
         Avatar.from_video(inputs["image"], mouth_size=MOUTH)
     assert not (tmp_path / "x.mp4").exists()
+
+
+# --------------------------------------------------------------------------- DeepSpeech models
+
+
+@pytest.fixture(scope="module")
+def deepspeech_checkpoint(inputs):
+    """A tiny platform checkpoint trained (here: initialised) on DeepSpeech features."""
+    config = DINetConfig.model_validate({
+        "name": "tiny-ds", "model": {"width": 0.125}, "data": {"audio_features": "deepspeech"},
+        "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}]})
+    torch.manual_seed(1)
+    generator = settle_batchnorm(build_generator(config.model), synthetic_batches(MOUTH, 4, 2))
+    return save_checkpoint(inputs["root"] / "ckpt_ds", {
+        "generator": generator.state_dict(), "mouth_size": MOUTH,
+        "config": config.model_dump(mode="json"), "epoch": 0, "metrics": {},
+        "optimizers": None, "discriminators": None})
+
+
+def dub_command(model, inputs, out, *extra) -> list[str]:
+    return ["dub", "--model", str(model), "--video", str(inputs["video"]),
+            "--audio", str(inputs["speech"]), "--out", str(out), "--mode", "fp32",
+            "--landmarks", str(inputs["landmarks"]), "--no-progress", *extra]
+
+
+def test_deepspeech_model_dubs_with_its_features_and_refuses_without(
+        deepspeech_checkpoint, inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+    frames = round(SPEECH_SECONDS * FPS)
+    out = tmp_path / "out" / "dubbed.mp4"
+    runner = CliRunner()
+
+    refused = runner.invoke(app, dub_command(deepspeech_checkpoint, inputs, out))
+    assert refused.exit_code == 2, refused.output
+    message = " ".join(refused.output.split())
+    assert "was trained on DeepSpeech features (29 per frame" in message, message
+    assert "--audio-features FILE.npy" in message and "speech_deepspeech.npy" in message
+
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((frames, 40), np.float32))
+    refused = runner.invoke(app, dub_command(deepspeech_checkpoint, inputs, out,
+                                             "--audio-features", str(wrong)))
+    assert refused.exit_code == 2 and f"shape ({frames}, 40)" in refused.output, refused.output
+    short = tmp_path / "short.npy"
+    np.save(short, np.zeros((frames - 5, 29), np.float32))
+    refused = runner.invoke(app, dub_command(deepspeech_checkpoint, inputs, out,
+                                             "--audio-features", str(short)))
+    assert refused.exit_code == 2 and "the speech has 26" in refused.output, refused.output
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+    features = tmp_path / "speech_ds.npy"
+    np.save(features, np.random.default_rng(0).normal(size=(frames, 29)).astype(np.float32))
+    result = runner.invoke(app, dub_command(deepspeech_checkpoint, inputs, out,
+                                            "--audio-features", str(features)))
+    assert result.exit_code == 0, result.output
+    assert probe_video(out).num_source_frames == frames
+
+    # the <audio>_deepspeech.npy sidecar convention still works without the option
+    sidecar = inputs["root"] / "speech_deepspeech.npy"
+    sidecar.write_bytes(features.read_bytes())
+    try:
+        result = runner.invoke(app, dub_command(deepspeech_checkpoint, inputs,
+                                                tmp_path / "sidecar.mp4"))
+    finally:
+        sidecar.unlink()
+    assert result.exit_code == 0, result.output
+
+
+def test_log_mel_model_refuses_deepspeech_features(inputs, tmp_path, monkeypatch):
+    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+    features = tmp_path / "f.npy"
+    np.save(features, np.zeros((26, 29), np.float32))
+    result = CliRunner().invoke(app, dub_command(inputs["checkpoint"], inputs,
+                                                 tmp_path / "x.mp4", "--audio-features",
+                                                 str(features)))
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "was trained on log-mel features (29 bands" in message, message
+    assert "leave out --audio-features" in message
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_public_dinet_file_loads_as_deepspeech_dinet_and_needs_its_features(inputs, tmp_path):
+    from dinet_platform.audio_contract import AudioFeatureSpec
+    from dinet_platform.models import DINet
+
+    torch.manual_seed(0)
+    public = tmp_path / "netG_model_epoch_20.pth"
+    torch.save({"state_dict": {"net_g": {f"module.{k}": v
+                                         for k, v in DINet().state_dict().items()}}}, public)
+    fallback = DINetConfig.model_validate({  # only its stages are taken: mouth 64
+        "name": "x", "model": {"width": 0.125},
+        "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}]})
+    model, info = load_engine(str(public), mode="fp32", config=fallback)
+    assert info.features == AudioFeatureSpec.public_dinet()
+    assert info.config.model.width == 1.0 and info.mouth_size == MOUTH
+    with pytest.raises(DubError, match=r"trained on DeepSpeech .*--audio-features"):
+        dub_video(model, inputs["video"], inputs["speech"], tmp_path / "p.mp4", model=info,
+                  landmarks=inputs["landmarks"], progress=False)
+    assert not (tmp_path / "p.mp4").exists()

@@ -186,8 +186,11 @@ class AudioFeatureSpec:
         return out
 
 
-def how_to_provide(needed: AudioFeatureSpec, loader: Loader) -> str:
-    """How a user gives ``loader`` the features a model needs."""
+def how_to_provide(
+    needed: AudioFeatureSpec, loader: Loader, speech_sidecar: str | None = None
+) -> str:
+    """How a user gives ``loader`` the features a model needs (``speech_sidecar``: the dub's
+    ``<audio>_deepspeech.npy`` by name)."""
     ds = needed.kind == "deepspeech"
     frames = f"shape (frames, {needed.dim}), one row per video frame at {needed.fps} fps"
     data_keys = (
@@ -214,7 +217,8 @@ def how_to_provide(needed: AudioFeatureSpec, loader: Loader) -> str:
         if ds:
             return (
                 f"pass --audio-features FILE.npy ({frames}; DINet's compute_audio_feature "
-                f"of the speech), or put it next to the speech as <audio>{DEEPSPEECH_SUFFIX}"
+                f"of the speech), or put it next to the speech as "
+                f"{speech_sidecar or '<audio>' + DEEPSPEECH_SUFFIX}"
             )
         return "leave out --audio-features: the log-mel features are computed from --audio"
     if loader == "serve-dub":
@@ -251,11 +255,14 @@ def check_features(
         )
 
 
-def missing_features(needed: AudioFeatureSpec, *, model: str, loader: Loader) -> str:
+def missing_features(
+    needed: AudioFeatureSpec, *, model: str, loader: Loader, speech_sidecar: str | None = None
+) -> str:
     """The refusal when a model needs features that cannot be computed from audio here."""
+    how = how_to_provide(needed, loader, speech_sidecar)
     return (
         f"{model} was trained on {needed.describe()}, which this platform cannot compute "
-        f"from audio (no DeepSpeech model is shipped): {how_to_provide(needed, loader)}"
+        f"from audio (no DeepSpeech model is shipped): {how}"
     )
 
 

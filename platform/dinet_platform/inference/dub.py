@@ -132,7 +132,8 @@ def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None
         sidecar = deepspeech_path(audio)
         features = features if features is not None else (sidecar if sidecar.is_file() else None)
         if features is None:
-            raise DubError(missing_features(needed, model=model, loader="dub"))
+            raise DubError(missing_features(needed, model=model, loader="dub",
+                                            speech_sidecar=sidecar.name))
         try:
             check_feature_file(*npy_shape(Path(features), f"features {Path(features).name}"),
                                needed, f"features {Path(features).name}")
