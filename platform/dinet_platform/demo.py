@@ -36,6 +36,9 @@ from dinet_platform.training.stage import default_shards
 
 DEMO_VIDEOS = 8
 DEMO_SECONDS = 4.0
+HELD_OUT_VOICE_VIDEOS = 3
+HELD_OUT_VOICE_SEED = 1000
+"""Added to the training seed: identities neither the base model nor the demo trained on."""
 DEMO_SWEEP = PROJECT_ROOT / "configs" / "demo_sweep.yaml"
 BASE_MODEL = PROJECT_ROOT / "models" / "base"
 """The base model the demo fine-tunes (``configs/base.yaml``; provenance in the folder):
@@ -96,6 +99,8 @@ def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SW
         raise DemoRefused(f"the trained model does not beat the baselines, so it was not "
                           f"promoted and is not served: {state.outputs['refused']}. "
                           f"Report: {state.outputs.get('report')}")
+    _step(state, console, "held-out voices: sentences in voices no model trained on",
+          lambda: evaluate_held_out_voices(state, console))
     _step(state, console, "int8 optimization (registered as its own version)",
           lambda: optimize_int8(state, console))
     _step(state, console, "Ray Serve over HTTP: an avatar, a dubbed held-out clip",
@@ -116,10 +121,24 @@ def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SW
 
 
 def synthesize(state: DemoState, console: Console) -> None:
+    """Real speech (espeak-ng sentences, train voices) for training and the gates, plus clips
+    of new identities speaking in the held-out voices, for the held-out-voice evaluation."""
     videos = state.out_dir / "videos"
-    state.videos = synthesize_dataset(videos, DEMO_VIDEOS, DEMO_SECONDS,
-                                      seed=state.config.training.seed)
-    console.print(f"{len(state.videos)} clips of {DEMO_SECONDS:g}s in {videos}")
+    seed = state.config.training.seed
+    state.videos = synthesize_dataset(videos, DEMO_VIDEOS, DEMO_SECONDS, seed=seed,
+                                      speech="tts")
+    synthesize_dataset(held_out_voice_dir(state), HELD_OUT_VOICE_VIDEOS, DEMO_SECONDS,
+                       seed=HELD_OUT_VOICE_SEED + seed, speech="tts", voice_pool="held-out")
+    console.print(f"{len(state.videos)} clips of {DEMO_SECONDS:g}s of speech in {videos}; "
+                  f"{HELD_OUT_VOICE_VIDEOS} in held-out voices in {held_out_voice_dir(state)}")
+
+
+def held_out_voice_dir(state: DemoState) -> Path:
+    return state.out_dir / "held_out_voices"
+
+
+def held_out_voice_shards(state: DemoState) -> Path:
+    return state.shards.parent / f"{state.shards.name}-held-out-voices"
 
 
 def prepare(state: DemoState, console: Console) -> None:
@@ -129,6 +148,10 @@ def prepare(state: DemoState, console: Console) -> None:
     counts = report.manifest["counts"]
     console.print(f"{counts['videos_ok']} videos ({counts['train_videos']} train, "
                   f"{counts['val_videos']} held out), {counts['frames']} frames in {state.shards}")
+    voices = prepare_dataset(held_out_voice_dir(state), held_out_voice_shards(state),
+                             config=state.config.data, mouth_size=largest, log=console.print)
+    console.print(f"{voices.manifest['counts']['videos_ok']} held-out-voice videos in "
+                  f"{held_out_voice_shards(state)}")
 
 
 def train(state: DemoState, console: Console) -> None:
@@ -195,6 +218,27 @@ def register_and_promote(state: DemoState, console: Console) -> None:
         state.outputs["refused"] = summary([g for g in outcome.gates if not g.passed])
 
 
+def evaluate_held_out_voices(state: DemoState, console: Console) -> None:
+    """The promoted model on new identities speaking in voices (accents and espeak variants)
+    that neither it nor the base model heard, against the same baselines as the gates."""
+    from dinet_platform.evaluation.job import run_evaluation
+
+    name = state.config.tracking.registered_model
+    evaluation = state.config.evaluation.model_copy(update={"split": "all"})
+    config = state.config.model_copy(update={"evaluation": evaluation})
+    outcome = run_evaluation(config, state.client, [("production", f"models:/{name}/"
+                                                     f"{state.version}")],
+                             shards=held_out_voice_shards(state),
+                             tags={"dinet.evaluation.set": "held-out voices"}, console=console)
+    metrics = outcome.result.metrics
+    state.outputs["held_out_voices"] = {"run_id": outcome.run_id, "metrics": metrics}
+    model, paste = metrics["production"], metrics["paste_reference"]
+    console.print(f"held-out voices: mouth PSNR {model['mouth_psnr']:.2f} dB (paste_reference "
+                  f"{paste['mouth_psnr']:.2f}), mouth_open_corr "
+                  f"{model.get('mouth_open_corr', float('nan')):.2f} (paste "
+                  f"{paste.get('mouth_open_corr', float('nan')):.2f}); run {outcome.run_id}")
+
+
 def optimize_int8(state: DemoState, console: Console) -> None:
     """Static int8 of the production version, measured against fp32 on real frames and
     registered as a version of its own (Serve loads ``@production`` and quantizes the same way
@@ -221,7 +265,7 @@ def held_out_videos(shards: Path) -> list[Path]:
 
 def serve_and_dub(state: DemoState, console: Console) -> None:
     """Serve ``@production`` on the local Ray, make an avatar of one held-out clip and dub it
-    with another held-out clip's speech, all over HTTP; time the live frames route."""
+    with the speech of a held-out voice, all over HTTP; time the live frames route."""
     import secrets
 
     from dinet_platform.ray_runtime import free_port
@@ -229,7 +273,8 @@ def serve_and_dub(state: DemoState, console: Console) -> None:
     from dinet_platform.serving.local import serve_app
     from dinet_platform.serving.settings import load_serve_config
 
-    face, speech = (held_out_videos(state.shards) * 2)[:2]
+    face = held_out_videos(state.shards)[0]
+    speech = held_out_videos(held_out_voice_shards(state))[0]
     token = secrets.token_urlsafe(24)
     token_file = state.out_dir / "api_token"
     token_file.write_text(token + "\n")

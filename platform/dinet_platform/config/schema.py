@@ -312,6 +312,9 @@ class EvaluationConfig(Strict):
 
     shards: str | None = None
     """Evaluation data (its held-out videos are used); default ``data.shards``."""
+    split: Literal["val", "all"] = "val"
+    """Which videos of ``shards`` to evaluate on: the held-out split, or all of them (for a set
+    made only of identities and voices that no model trained on)."""
     sync_expert: str | None = None
     """Sync expert for the sync metrics: file, run id or URI. Default ``loss.sync_expert``,
     else the registered expert ``syncnet.registered_model@production`` when there is one."""

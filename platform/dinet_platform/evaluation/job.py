@@ -202,7 +202,8 @@ def evaluation_shards(config: DINetConfig, shards: str | Path | None = None) -> 
 
 def load_video_set(config: DINetConfig, shards: str | Path | None = None) -> VideoSet:
     settings = config.evaluation
-    return VideoSet(evaluation_shards(config, shards), "val", max_videos=settings.max_videos,
+    return VideoSet(evaluation_shards(config, shards), settings.split,
+                    max_videos=settings.max_videos,
                     max_frames=settings.max_frames, num_references=config.data.num_references)
 
 
