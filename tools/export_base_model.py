@@ -7,7 +7,8 @@
 ``checkpoint.pt`` + ``config.yaml`` (weights without optimizer state, as the registry stores
 a version) and ``provenance.json``: the training config, the data's content hash and how to
 make it, the code's commit, the run, and the held-out metrics next to the baselines, measured
-here by the platform's evaluation on the data's held-out videos.
+here by the platform's evaluation on the data's held-out videos (with the sync expert registered
+in the same store, when there is one: LSE-C and the sync offset).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from pathlib import Path
 from dinet_platform.config import dump_config, load_config
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
-from dinet_platform.evaluation.job import final_stage_run, git_commit
+from dinet_platform.evaluation.job import final_stage_run, find_sync_expert, git_commit
 from dinet_platform.evaluation.report import write_report
 from dinet_platform.tracking import client_for, get_run, resolve_checkpoint
 from dinet_platform.training.checkpoint import load_checkpoint, save_checkpoint
 
 REPORTED = ("mouth_psnr", "mouth_ssim", "seam_psnr", "mouth_open_corr", "mouth_open_error_px",
-            "warp_error")
+            "warp_error", "lse_c", "lse_d", "sync_offset")
 
 
 def main() -> None:
@@ -49,7 +50,9 @@ def main() -> None:
 
     videos = VideoSet(args.shards, "val")
     model = load_model("base", out, source=str(out))
-    result = evaluate([model], videos, config.evaluation)
+    expert, expert_source = find_sync_expert(config, client)
+    print(f"sync expert: {expert_source}")
+    result = evaluate([model], videos, config.evaluation, expert)
     history = client.get_metric_history(stage_run.info.run_id, "val_mouth_psnr")
     manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
     provenance = {
@@ -71,6 +74,7 @@ def main() -> None:
         "held_out": {
             "videos": result.info["videos"],
             "frames": result.info["frames"],
+            "sync_expert": expert_source,
             "metrics": {entry: {k: values[k] for k in REPORTED if k in values}
                         for entry, values in result.metrics.items()},
         },
