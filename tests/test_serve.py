@@ -491,3 +491,63 @@ def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
     assert missing.status_code == 422 and missing.json()["error"]["field"] == "audio"
     assert http.get("/v1/dub/" + "f" * 32).status_code == 404
     assert http.get("/v1/dub/../../etc/passwd").status_code == 404
+
+
+def test_served_log_mel_model_states_its_features_and_refuses_deepspeech_ones(
+        served, http, avatar):
+    """The audio-feature contract on the real app (a DeepSpeech model's side runs in process
+    in tests/test_audio_contract.py): /v1/model says what the model takes, and /v1/dub refuses
+    features a log-mel model computes itself, before any job exists."""
+    audio = http.get("/v1/model").json()["model"]["audio"]
+    assert audio["features"] == "logmel" and audio["normalization"].startswith("(log(mel")
+    speech = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16000) / 16000)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((25, 29), np.float32))
+    files = {"audio": ("speech.wav", api.pcm_wav(speech, 16000), "audio/wav"),
+             "audio_features": ("speech.npy", buffer.getvalue(), "application/octet-stream")}
+    refused = http.post("/v1/dub", data={"avatar_id": avatar}, files=files)
+    check(refused, 422, "audio_features", "was trained on log-mel features (29 bands")
+    assert "send only 'audio'" in refused.json()["error"]["message"]
+
+
+def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
+    """A real photo (scikit-image's astronaut, Eileen Collins) as a still avatar, driven by real
+    speech (espeak-ng) over HTTP: the mouth changes, and every pixel outside the blended mouth
+    box is the photo's, bit for bit. The mouth centre and face width are dlib's on this photo
+    (tests/test_landmarks_real.py); the server finds the face itself."""
+    from dinet_platform.data.synth_speech import SpeechVoice, resample, speak_fresh
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = skimage_data.astronaut()
+    mouth_x, mouth_y, face_width = 222.8, 145.2, 93.0
+    png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))[1].tobytes()
+    created = http.post("/v1/avatars", files=[("frames", ("astronaut.png", png, "image/png"))])
+    assert created.status_code == 201, created.text
+    avatar_id = created.json()["avatar_id"]
+
+    (spoken,) = speak_fresh(["Hello, how are you today?"],
+                            SpeechVoice("en-gb-scotland", "m4", 50, 50, 160))
+    speech = resample(spoken.audio / 32768.0, spoken.sample_rate, 16000)[4000:4000 + 8 * 640]
+    response = http.post(f"/v1/avatars/{avatar_id}/frames", params={
+        "format": "npy", "output": "frames"}, content=api.pcm_wav(speech, 16000),
+        headers={"Content-Type": "audio/wav"})
+    assert response.status_code == 200, response.text
+    frames = np.load(io.BytesIO(response.content))
+    assert frames.shape == (8, *photo.shape) and frames.dtype == np.uint8
+
+    changed = (frames != photo[None]).any(axis=(0, 3))
+    assert changed.sum() > 100
+    # the blend's promise: only pixels under its feathered mouth mask may differ
+    avatar = AvatarStore(served["root"] / "avatars").load(avatar_id)
+    blended = np.zeros(photo.shape[:2], bool)
+    top, left = int(avatar.track.top[0]), int(avatar.track.left[0])
+    blended[top:top + avatar.mask.shape[0], left:left + avatar.mask.shape[1]] = avatar.mask > 0
+    assert not (changed & ~blended).any()
+    np.testing.assert_array_equal(frames[:, ~blended], np.broadcast_to(
+        photo[~blended], (len(frames), int((~blended).sum()), 3)))
+    # ... and that mask sits on the mouth dlib finds, not beside the head or on the neck
+    rows, cols = np.flatnonzero(blended.any(axis=1)), np.flatnonzero(blended.any(axis=0))
+    centre_x, centre_y = (cols[0] + cols[-1]) / 2, (rows[0] + rows[-1]) / 2
+    assert abs(centre_x - mouth_x) < 0.15 * face_width, (centre_x, centre_y)
+    assert abs(centre_y - mouth_y) < 0.15 * face_width, (centre_x, centre_y)
+    assert cols[-1] - cols[0] < face_width and rows[-1] - rows[0] < face_width
