@@ -121,3 +121,15 @@ def test_defaults_and_missing_inputs(recorded, monkeypatch):
     assert not (recorded["root"] / "bad.html").exists()
     with pytest.raises(ValueError, match="does not exist"):
         write_report(recorded["client"], "0" * 32, recorded["root"] / "bad.html")
+
+
+def test_held_out_voices_get_their_own_section(recorded, tmp_path):
+    evaluation = recorded["evaluation"].run_id
+    text = write_report(recorded["client"], recorded["pipeline"], tmp_path / "report.html",
+                        evaluation_run_id=evaluation,
+                        held_out_voices_run_id=evaluation).read_text()
+    first = text.index("<h2>Held-out evaluation: models vs baselines</h2>")
+    voices = text.index("<h2>Held-out voices: new speakers in voices no model trained on</h2>")
+    assert first < voices
+    assert text[voices:].count("<td>paste_reference</td>") == 1  # its own metrics table
+    assert "no evaluation run given" not in text

@@ -354,6 +354,8 @@ def report(state: DemoState, console: Console) -> None:
     path = write_report(state.client, state.pipeline_run, state.out_dir / "report.html",
                         evaluation_run_id=state.evaluation_run, sweep=state.sweep_run,
                         serving=state.outputs.get("serving"),
-                        dubbed=state.outputs.get("dubbed"))
+                        dubbed=state.outputs.get("dubbed"),
+                        held_out_voices_run_id=state.outputs.get("held_out_voices", {}
+                                                                 ).get("run_id"))
     state.outputs["report"] = str(path)
     console.print(f"report: {path}")

@@ -65,6 +65,7 @@ def write_report(
     sweep: str | None = None,
     serving: Sequence[Mapping[str, Any]] | None = None,
     dubbed: str | Path | None = None,
+    held_out_voices_run_id: str | None = None,
 ) -> Path:
     """Write the HTML report of pipeline ``pipeline_run_id`` (default
     ``$DINET_HOME/demo/report.html``) and return its path.
@@ -72,8 +73,9 @@ def write_report(
     ``evaluation_run_id``: an evaluation run (``dinet evaluate``, registry promotion) for the
     metrics table; ``sweep``: the sweep's MLflow parent run id; ``serving``: latency rows
     measured against the endpoint, one mapping per row (column name -> value); ``dubbed``: a
-    dubbed mp4, shown as frames under its waveform. Sections whose input is missing say so
-    instead of failing.
+    dubbed mp4, shown as frames under its waveform; ``held_out_voices_run_id``: an evaluation
+    of the same model on speakers in voices no model trained on (its own section). Sections
+    whose input is missing say so instead of failing.
     """
     pipeline = get_run(client, pipeline_run_id)
     if pipeline.data.tags.get(KIND_TAG) != "pipeline":
@@ -91,6 +93,10 @@ def write_report(
     with tempfile.TemporaryDirectory(prefix="dinet-report-") as tmp:
         scratch = Path(tmp)
         parts += _evaluation_section(client, evaluation_run_id, scratch)
+        if held_out_voices_run_id:
+            parts += _evaluation_section(client, held_out_voices_run_id, scratch,
+                                         "Held-out voices: new speakers in voices no model "
+                                         "trained on")
         parts += _dubbed_section(dubbed, scratch)
         parts += _stages_section(client, stages, scratch)
         parts += _sweep_section(client, sweep, scratch)
@@ -108,8 +114,9 @@ def write_report(
 # ------------------------------------------------------------------------------ sections
 
 
-def _evaluation_section(client: MlflowClient, run_id: str | None, scratch: Path) -> list[str]:
-    parts = ["<h2>Held-out evaluation: models vs baselines</h2>"]
+def _evaluation_section(client: MlflowClient, run_id: str | None, scratch: Path,
+                        title: str = "Held-out evaluation: models vs baselines") -> list[str]:
+    parts = [f"<h2>{_e(title)}</h2>"]
     if not run_id:
         return [*parts, "<p class=muted>no evaluation run given</p>"]
     run = get_run(client, run_id)
