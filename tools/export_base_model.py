@@ -8,13 +8,14 @@
 a version) and ``provenance.json``: the training config, the data's content hash and how to
 make it, the code's commit, the run, and the held-out metrics next to the baselines, measured
 here by the platform's evaluation on the data's held-out videos (with the sync expert registered
-in the same store, when there is one: LSE-C and the sync offset).
+in the same store, when there is one: LSE-C and the sync offset; it is copied to ``syncnet/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def main() -> None:
     model = load_model("base", out, source=str(out))
     expert, expert_source = find_sync_expert(config, client)
     print(f"sync expert: {expert_source}")
+    if expert is not None:  # ships with the model: the demo judges sync with it
+        shutil.rmtree(out / "syncnet", ignore_errors=True)
+        shutil.copytree(resolve_checkpoint(expert_source, client), out / "syncnet")
     result = evaluate([model], videos, config.evaluation, expert)
     history = client.get_metric_history(stage_run.info.run_id, "val_mouth_psnr")
     manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
@@ -74,7 +78,8 @@ def main() -> None:
         "held_out": {
             "videos": result.info["videos"],
             "frames": result.info["frames"],
-            "sync_expert": expert_source,
+            "sync_expert": {"source": expert_source,
+                            "copy": "syncnet" if expert is not None else None},
             "metrics": {entry: {k: values[k] for k in REPORTED if k in values}
                         for entry, values in result.metrics.items()},
         },

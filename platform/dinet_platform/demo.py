@@ -175,6 +175,10 @@ def sweep(state: DemoState, console: Console, path: Path) -> None:
 def sync_expert(state: DemoState, console: Console) -> None:
     from dinet_platform.evaluation.job import SYNC_ALIAS, run_train_syncnet
 
+    configured = state.config.evaluation.sync_expert
+    if configured:
+        console.print(f"using the configured sync expert {configured} (evaluation.sync_expert)")
+        return
     name = state.config.syncnet.registered_model
     try:
         version = state.client.get_model_version_by_alias(name, SYNC_ALIAS)
