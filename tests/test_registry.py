@@ -364,13 +364,14 @@ def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypat
 
 @pytest.fixture(scope="module")
 def held_out_shards(tmp_path_factory) -> Path:
-    """Four 4 s clips of identities and voices no model here trained on, two held out."""
+    """Four 4 s clips of identities no model here trained on, speaking in held-out voices; two
+    are the held-out split."""
     from dinet_platform.config.schema import DataConfig
     from dinet_platform.data.prepare import prepare_dataset
     from dinet_platform.data.synth import synthesize_dataset
 
     root = tmp_path_factory.mktemp("held-out")
-    synthesize_dataset(root / "videos", 4, 4.0, seed=7)
+    synthesize_dataset(root / "videos", 4, 4.0, seed=7, speech="tts", voice_pool="held-out")
     prepare_dataset(root / "videos", root / "shards", config=DataConfig(val_fraction=0.5),
                     mouth_size=64, use_ray=False)
     return root / "shards"
