@@ -148,7 +148,10 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for seed in args.seeds:  # seed-major, so drift in the machine lands on every variant
         for name in names:
-            row = train_and_evaluate(trial_config(base.model_dump(mode="json"), VARIANTS[name]),
+            overrides = dict(VARIANTS[name])
+            if overrides.get("loss.sync"):  # the config names the expert the loss uses
+                overrides["loss.sync_expert"] = str(args.sync_expert)
+            row = train_and_evaluate(trial_config(base.model_dump(mode="json"), overrides),
                                      args.shards,
                                      args.steps, seed, videos, expert)
             runs[name].append(row)
