@@ -41,7 +41,6 @@ from dinet_platform.data.landmarks import LandmarkError, dlib_face, face_detecto
 from dinet_platform.data.synth_speech import (
     SpeechVoice,
     random_sentence,
-    resample,
     speak_fresh,
 )
 from dinet_platform.inference.avatar import Avatar
@@ -77,7 +76,7 @@ def speech(seconds: float, seed: int) -> np.ndarray:
     parts: list[np.ndarray] = []
     for utterance in speak_fresh([random_sentence(rng) for _ in range(int(seconds) + 2)],
                                  VOICE):
-        parts += [resample(utterance.audio / 32768.0, utterance.sample_rate, RATE),
+        parts += [utterance.samples(RATE),
                   np.zeros(int(rng.uniform(0.2, 0.5) * RATE), np.float32)]
     audio = np.concatenate(parts)[: int(seconds * RATE)]
     audio = 0.89 * audio / max(1e-6, float(np.abs(audio).max()))

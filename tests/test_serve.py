@@ -515,7 +515,7 @@ def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
     speech (espeak-ng) over HTTP: the mouth changes, and every pixel outside the blended mouth
     box is the photo's, bit for bit. The mouth centre and face width are dlib's on this photo
     (tests/test_landmarks_real.py); the server finds the face itself."""
-    from dinet_platform.data.synth_speech import SpeechVoice, resample, speak_fresh
+    from dinet_platform.data.synth_speech import SpeechVoice, speak_fresh
 
     skimage_data = pytest.importorskip("skimage.data")
     photo = skimage_data.astronaut()
@@ -527,7 +527,7 @@ def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
 
     (spoken,) = speak_fresh(["Hello, how are you today?"],
                             SpeechVoice("en-gb-scotland", "m4", 50, 50, 160))
-    speech = resample(spoken.audio / 32768.0, spoken.sample_rate, 16000)[4000:4000 + 8 * 640]
+    speech = spoken.samples(16000)[4000:4000 + 8 * 640]
     response = http.post(f"/v1/avatars/{avatar_id}/frames", params={
         "format": "npy", "output": "frames"}, content=api.pcm_wav(speech, 16000),
         headers={"Content-Type": "audio/wav"})

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from dinet_platform.data import synth_speech as ss
+from dinet_platform.data.media import resample_audio
 from dinet_platform.data.synth import SynthClip, synthesize_dataset, synthesize_video
 from dinet_platform.data.synth_audio import PHONES
 
@@ -109,7 +110,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 
 def test_resampling_keeps_a_tone_and_the_duration() -> None:
     t = np.arange(22050) / 22050
-    out = ss.resample(np.sin(2 * np.pi * 440 * t).astype(np.float32), 22050, RATE)
+    out = resample_audio(np.sin(2 * np.pi * 440 * t).astype(np.float32), 22050, RATE)
     assert abs(len(out) - RATE) <= 32
     spectrum = np.abs(np.fft.rfft(out[1000:15000]))
     peak_hz = np.argmax(spectrum) * RATE / 14000

@@ -184,6 +184,20 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return samples
 
 
+def resample_audio(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """Mono float32 ``samples`` at ``rate`` Hz, resampled to ``target`` Hz by FFmpeg's
+    resampler (what :func:`read_audio` uses for files)."""
+    if rate == target:
+        return samples.astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt",
+                                       layout="mono")
+    frame.sample_rate = rate
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
+    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
 def decode_image(data: bytes, name: str) -> np.ndarray:
     """An RGB ``uint8`` frame from PNG/JPEG/... bytes; :class:`MediaError` naming ``name`` if
     the bytes are not an image."""

@@ -26,14 +26,13 @@ import io
 import json
 import subprocess
 import sys
-import threading
 from dataclasses import asdict, dataclass
 from functools import cache
 from typing import Literal
 
-import av
 import numpy as np
 
+from dinet_platform.data.media import resample_audio
 from dinet_platform.data.synth_audio import VOWELS, Segment
 
 VoicePool = Literal["train", "held-out"]
@@ -148,6 +147,10 @@ class Utterance:
     sample_rate: int
     phonemes: list[tuple[int, str]]
 
+    def samples(self, sample_rate: int) -> np.ndarray:
+        """The audio as float32 in [-1, 1) at ``sample_rate``."""
+        return resample_audio(self.audio / 32768.0, self.sample_rate, sample_rate)
+
 
 class _EventId(ctypes.Union):
     _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
@@ -194,7 +197,6 @@ class Espeak:
         self._phonemes: list[tuple[int, str]] = []
         self._callback = _CALLBACK(self._on_audio)  # kept alive: the library holds the pointer
         self._lib.espeak_SetSynthCallback(self._callback)
-        self._lock = threading.Lock()
 
     def _on_audio(self, wav, num_samples, events) -> int:
         if num_samples > 0:
@@ -207,21 +209,20 @@ class Espeak:
         return 0
 
     def speak(self, text: str, voice: SpeechVoice) -> Utterance:
-        with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice.name!r}")
-            for parameter, value in ((_RATE, voice.words_per_minute), (_PITCH, voice.pitch),
-                                     (_RANGE, voice.pitch_range)):
-                self._lib.espeak_SetParameter(parameter, value, 0)
-            self._chunks, self._phonemes = [], []
-            encoded = text.encode()
-            status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, _CHARS_UTF8,
-                                            None, None)
-            self._lib.espeak_Synchronize()
-            if status != 0:
-                raise RuntimeError(f"espeak-ng could not speak {text!r} (status {status})")
-            audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            return Utterance(audio, self.sample_rate, list(self._phonemes))
+        if self._lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+            raise ValueError(f"espeak-ng has no voice {voice.name!r}")
+        for parameter, value in ((_RATE, voice.words_per_minute), (_PITCH, voice.pitch),
+                                 (_RANGE, voice.pitch_range)):
+            self._lib.espeak_SetParameter(parameter, value, 0)
+        self._chunks, self._phonemes = [], []
+        encoded = text.encode()
+        status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, 0, 0, _CHARS_UTF8,
+                                        None, None)
+        self._lib.espeak_Synchronize()
+        if status != 0:
+            raise RuntimeError(f"espeak-ng could not speak {text!r} (status {status})")
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return Utterance(audio, self.sample_rate, list(self._phonemes))
 
 
 @cache
@@ -257,19 +258,6 @@ def _serve_one_request() -> None:
     sys.stdout.buffer.write(out.getvalue())
 
 
-def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """Mono float32 ``audio`` from ``rate`` to ``target`` Hz with FFmpeg's resampler."""
-    if rate == target:
-        return audio.astype(np.float32)
-    frame = av.AudioFrame.from_ndarray(audio.astype(np.float32)[None, :], format="flt",
-                                       layout="mono")
-    frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
 def speak_sentences(
     rng: np.random.Generator, voice: SpeechVoice, num_samples: int, sample_rate: int
 ) -> tuple[np.ndarray, list[Segment]]:
@@ -286,7 +274,7 @@ def speak_sentences(
     texts = [random_sentence(rng) for _ in range(int(seconds) + 4)]
     pauses = rng.uniform(0.15, 0.6, size=len(texts))
     for utterance, pause in zip(speak_fresh(texts, voice), pauses, strict=True):
-        speech = resample(utterance.audio / 32768.0, utterance.sample_rate, sample_rate)
+        speech = utterance.samples(sample_rate)
         if t + len(speech) / sample_rate > seconds:
             continue  # does not fit: a shorter one may
         start = round(t * sample_rate)
