@@ -40,6 +40,7 @@ from dinet_platform.training.checkpoint import save_checkpoint
 from dinet_platform.training.objective import (
     ClipGenerator,
     StageObjective,
+    autocast_dtype,
     make_optimizers,
     train_step,
 )
@@ -57,6 +58,9 @@ VARIANTS: dict[str, dict[str, object]] = {
     "+temporal": TEMPORAL,
     "+both": {**ATTENTION, **TEMPORAL},
     "+sync": {"loss.sync": 0.1},
+    # the config trains with bf16 autocast where the CPU computes bf16 natively: does that cost
+    # learning per step?
+    "fp32": {"training.mixed_precision": False},
 }
 METRICS = ("mouth_psnr", "mouth_ssim", "mouth_open_corr", "lse_c", "warp_error",
            "frame_diff_error")
@@ -65,6 +69,8 @@ CLAIMS = {
     "attention sharpens the mouth": ("+attention", "dinet", "mouth_ssim", +1),
     "the temporal loss smooths transitions": ("+temporal", "dinet", "warp_error", -1),
     "the sync loss makes the mouth follow the audio": ("+sync", "dinet", "mouth_open_corr", +1),
+    "bf16 autocast (the config's precision here) learns less per step than fp32":
+        ("dinet", "fp32", "psnr_gain_vs_paste", -1),
 }
 
 
@@ -82,10 +88,11 @@ def train_and_evaluate(config: DINetConfig, shards: Path, steps: int, seed: int,
     loader = torch.utils.data.DataLoader(
         data, batch_size=stage.batch_size, shuffle=True, drop_last=True,
         generator=torch.Generator().manual_seed(seed))
+    precision = autocast_dtype("cpu", config.training.mixed_precision)
     started, done = time.perf_counter(), 0
     while done < steps:
         for batch in islice(loader, steps - done):
-            train_step(generator, discriminators, objective, optimizers, batch)
+            train_step(generator, discriminators, objective, optimizers, batch, precision)
             done += 1
     train_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,9 @@
                              [--steps 24] [--warmup 2] [--objectives]
 
 ``--objectives`` instead compares what one step of the objective costs: the demo's full
-objective at 7636b4f (GAN + MS-SSIM + temporal terms, 5-frame clips) vs ``--config``'s, in
-generated frames per second on one thread.
+objective at 7636b4f (GAN + MS-SSIM + temporal terms, 5-frame clips, fp32) vs ``--config``'s
+at its precision (bf16 autocast where the CPU has native bf16) and, where that is not fp32,
+``--config``'s in fp32, in generated frames per second on one thread.
 
 Every variant runs the platform's own ``train_step`` (discriminators, then the generator on the
 full objective) on the same in-memory batch of the stage's shape, so the difference is what
@@ -48,6 +49,7 @@ from dinet_platform.training.objective import (
     ClipGenerator,
     Discriminators,
     StageObjective,
+    autocast_dtype,
     example_batch,
     make_optimizers,
     train_step,
@@ -74,14 +76,15 @@ def run_steps(config: DINetConfig, mouth_size: int, steps: int, warmup: int, thr
     optimizers = make_optimizers(generator, discriminators, stage.lr)
     batch = example_batch(mouth_size, stage.batch_size, config.data.clip_len,
                           config.model.audio_channels, config.data.audio_window)
-    train_step(generator, discriminators, objective, optimizers, batch)
+    precision = autocast_dtype("cpu", config.training.mixed_precision)
+    train_step(generator, discriminators, objective, optimizers, batch, precision)
     first_step_at = time.time()
     for _ in range(warmup):
-        train_step(generator, discriminators, objective, optimizers, batch)
+        train_step(generator, discriminators, objective, optimizers, batch, precision)
     step_times = []
     for _ in range(steps):
         started = time.perf_counter()
-        train_step(generator, discriminators, objective, optimizers, batch)
+        train_step(generator, discriminators, objective, optimizers, batch, precision)
         step_times.append(time.perf_counter() - started)
     return {"samples_per_s": stage.batch_size / median(step_times),
             "mean_samples_per_s": stage.batch_size * steps / sum(step_times),
@@ -122,20 +125,28 @@ def run_ray(config: DINetConfig, mouth_size: int, workers: int, threads: int, st
             "time_to_first_step_s": metrics["first_step_at"] - started}
 
 
-# The demo objective at 7636b4f (before issue 18): every term on, clips of 5 frames, batch 4.
+# The demo objective at 7636b4f (before issue 18): every term on, clips of 5 frames, batch 4,
+# fp32 (mixed precision then applied on GPUs only).
 FULL_OBJECTIVE = {
     "model": {"variant": "dinet_attention", "width": 0.125, "discriminator_width": 0.25,
               "attention": {"reduction": 4}},
     "stages": [{"mouth_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-4}],
     "data": {"clip_len": 5},
+    "training": {"mixed_precision": False},
 }
 
 
 def compare_objectives(args: argparse.Namespace) -> None:
     """Frames/s of one training step, 1 thread: the 7636b4f demo objective vs ``--config``'s
     (a frame is one generated image; a sample is a clip of ``clip_len`` frames)."""
+    config = load_config(args.config)
+    precision = autocast_dtype("cpu", config.training.mixed_precision)
     variants = {"full objective (7636b4f demo)": DINetConfig.model_validate(FULL_OBJECTIVE),
-                f"{args.config}": load_config(args.config)}
+                f"{args.config} ({_precision_name(precision)})": config}
+    if precision is not None:
+        fp32 = config.model_copy(update={"training": config.training.model_copy(
+            update={"mixed_precision": False})})
+        variants[f"{args.config} (fp32)"] = fp32
     rows = []
     for rounds in range(2):  # alternate, so drift in the machine's speed lands on both
         for name, config in variants.items():
@@ -153,6 +164,10 @@ def compare_objectives(args: argparse.Namespace) -> None:
     print(f"\nstage {args.stage}, 1 thread, median of {args.steps} steps, 2 alternating rounds\n")
     print(markdown_table(rows, ["variant", "clip_len", "batch_size", "frames_per_s", "vs_full"]))
     write_json(args.out, {"rows": rows})
+
+
+def _precision_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else f"{str(dtype).removeprefix('torch.')} autocast"
 
 
 def main() -> None:

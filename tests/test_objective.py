@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 from dinet_platform.config import LossConfig, ModelConfig
+from dinet_platform.geometry import mouth_mask
 from dinet_platform.models import build_discriminators, build_generator, build_syncnet
 from dinet_platform.training.objective import (
     ClipGenerator,
     StageObjective,
+    autocast_dtype,
     example_batch,
     make_optimizers,
     train_step,
 )
+from dinet_platform.training.validation import ValidationAccumulator
 
 MODEL = ModelConfig(width=0.125, discriminator_width=0.125, syncnet_width=0.125)
 
@@ -117,3 +120,38 @@ def test_terms_with_weight_zero_are_not_computed_and_unused_discriminators_not_t
         update={"temporal": off.model_copy(update={"mouth_temporal": 1.0})}))
     terms = objective.generator_losses(batch["clip"] + 0.1, batch, discriminators)
     assert terms["temporal_mouth_temporal"] > 0 and terms["temporal_optical_flow"] == 0
+
+
+def test_mixed_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    assert autocast_dtype("cuda", mixed_precision=True) is torch.bfloat16
+    assert autocast_dtype("cuda", mixed_precision=False) is None
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert autocast_dtype("cpu", mixed_precision=True) is None  # emulated bf16 is slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert autocast_dtype("cpu", mixed_precision=True) is torch.bfloat16
+    assert autocast_dtype("cpu", mixed_precision=False) is None
+
+
+def test_a_bf16_step_trains_the_generator():
+    generator, discriminators, objective, optimizers, batch = setup(
+        LossConfig(gan=0.0, perceptual=0.0))
+    before = snapshot(generator)
+    losses = train_step(generator, discriminators, objective, optimizers, batch, torch.bfloat16)
+    assert torch.isfinite(torch.tensor(losses["g_total"]))
+    after = snapshot(generator)
+    assert all(v.dtype == torch.float32 for v in after.values())  # weights stay fp32
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_audio_gain_is_zero_for_a_model_that_ignores_the_audio():
+    real = torch.rand(2, 3, 3, 104, 80, generator=torch.Generator().manual_seed(0))
+    mask = mouth_mask(64)
+    listening = real + 0.01  # close to the truth with its own audio...
+    deaf = ValidationAccumulator()
+    deaf.add(listening, real, mask, fake_other_audio=listening)
+    assert deaf.means()["val_audio_gain_db"] == pytest.approx(0.0)
+    hears = ValidationAccumulator()
+    hears.add(listening, real, mask, fake_other_audio=real + 0.1)  # ...and worse with another's
+    assert hears.means()["val_audio_gain_db"] == pytest.approx(20.0, abs=0.5)
+    assert "val_audio_gain_db" not in ValidationAccumulator().means()

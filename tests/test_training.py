@@ -97,6 +97,7 @@ def test_pipeline_hands_weights_from_stage_to_stage_and_resumes(
     assert client.get_run(first.run_id).info.status == "FINISHED"
     history = client.get_metric_history(stage64.run_id, "val_mouth_psnr")
     assert sorted(m.step for m in history) == [0, 1]
+    assert len(client.get_metric_history(stage64.run_id, "val_audio_gain_db")) == 2
     files = artifact_paths(client, stage64.run_id)
     assert {"config.yaml", "checkpoint/checkpoint.pt", "samples/epoch_000.png",
             "attention/epoch_001.png"} <= files

@@ -39,7 +39,8 @@ from dinet_platform.tracking import KIND_TAG, PARENT_TAG, STAGE_TAG, find_runs, 
 TABLE_METRICS = ("mouth_psnr", "mouth_ssim", "outside_psnr", "seam_psnr", "warp_error",
                  "frame_diff_error", "temporal_consistency", "lse_c", "lse_d", "sync_offset",
                  "mouth_open_error_px", "mouth_open_corr")
-VALIDATION_CURVES = ("val_mouth_psnr", "val_mouth_ssim", "val_temporal_error", "val_score")
+VALIDATION_CURVES = ("val_mouth_psnr", "val_mouth_ssim", "val_temporal_error", "val_score",
+                     "val_audio_gain_db")
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}

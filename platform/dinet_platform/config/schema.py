@@ -175,7 +175,7 @@ class TrainingConfig(Strict):
     """CPUs reserved by each Ray Data loader task (fractional on small machines)."""
     use_gpu: bool = False
     mixed_precision: bool = True
-    """bf16 autocast when training on GPU; ignored on CPU."""
+    """bf16 autocast on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); fp32 elsewhere."""
     max_failures: Annotated[int, Field(ge=-1)] = 2
     checkpoints_to_keep: Annotated[int, Field(ge=1)] = 2
     steps_per_epoch: Annotated[int, Field(ge=1)] | None = None

@@ -41,6 +41,7 @@ from dinet_platform.training.images import attention_grid, sample_grid, write_pn
 from dinet_platform.training.objective import (
     ClipGenerator,
     StageObjective,
+    autocast_dtype,
     make_optimizers,
     train_step,
     unwrapped,
@@ -84,8 +85,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         syncnet.to(device)
     objective = StageObjective(stage_loss_weights(config, mouth_size), mouth_size, syncnet)
     objective.to(device)
-    use_amp = device.type == "cuda" and config.training.mixed_precision
-    autocast_dtype = torch.bfloat16 if use_amp else None
+    precision = autocast_dtype(device, config.training.mixed_precision)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -101,7 +101,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if config.training.steps_per_epoch and steps >= config.training.steps_per_epoch:
                 break
             for name, value in train_step(
-                clip_generator, wrapped, objective, optimizers, batch, autocast_dtype
+                clip_generator, wrapped, objective, optimizers, batch, precision
             ).items():
                 sums[name] += value
             steps += 1
@@ -195,7 +195,12 @@ def _validate(
     for batch in val_shard.iter_torch_batches(batch_size=batch_size, device=device):
         first_batch = first_batch or batch
         fake = generator(batch["clip_source"], batch["reference"], batch["clip_audio"])
-        accumulator.add(fake, batch["clip"], batch["mouth_mask"], batch["clip_audio"])
+        other_audio = None
+        if len(fake) > 1:  # the same faces, each driven by its neighbour's audio
+            other_audio = generator(batch["clip_source"], batch["reference"],
+                                    batch["clip_audio"].roll(1, 0))
+        accumulator.add(fake, batch["clip"], batch["mouth_mask"], batch["clip_audio"],
+                        other_audio)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(accumulator.sums)
     generator.train()
@@ -212,6 +217,7 @@ def _print_progress(
         f"[stage {mouth_size}] epoch {epoch + 1}/{epochs}  "
         f"loss {metrics['train_g_total']:.4f}  mouth PSNR {metrics['val_mouth_psnr']:.2f} dB  "
         f"SSIM {metrics['val_mouth_ssim']:.3f}  temporal {metrics['val_temporal_error']:.4f}  "
+        f"audio gain {metrics.get('val_audio_gain_db', float('nan')):.2f} dB  "
         f"({times[-1]:.1f}s/epoch, ETA {eta:.0f}s)",
         flush=True,
     )
