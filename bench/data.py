@@ -55,7 +55,7 @@ def main() -> None:
     from dinet_platform.data.dataset import build_dataset
     from dinet_platform.data.prepare import prepare_dataset
     from dinet_platform.data.samples import ShardDataset
-    from dinet_platform.data.synth import synthesize_dataset
+    from dinet_platform.synth.videos import synthesize_dataset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="dinet-bench-data-"))
     video_seconds = args.videos * args.seconds

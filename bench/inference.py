@@ -44,17 +44,12 @@ from pathlib import Path
 
 import torch
 from common import device_name, markdown_table, percentile, time_call, write_json
-from dinet_platform.inference import (
-    MODES,
-    InferenceEngine,
-    OptimizeOptions,
-    linear_share,
-    optimize,
-    settle_batchnorm,
-    synthetic_batch,
-    synthetic_batches,
-)
+from dinet_platform.metrics import output_psnr
 from dinet_platform.models import DINet, load_generator_weights
+from dinet_platform.optimize.modes import MODES, OptimizeOptions, optimize
+from dinet_platform.optimize.quantize import linear_share
+from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batch, synthetic_batches
+from dinet_platform.runtime.engine import InferenceEngine
 
 VARIANTS: dict[str, OptimizeOptions] = {
     "naive": OptimizeOptions.for_mode("fp32"),
@@ -89,11 +84,6 @@ def model_bytes(engine: InferenceEngine) -> int:
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)  # type: ignore[attr-defined]
     return buffer.tell()
-
-
-def psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
-    mse = torch.mean((output - reference) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * float(torch.log10(torch.tensor(1.0 / mse)))
 
 
 def vm_hwm_mb() -> float:
@@ -211,7 +201,7 @@ def main() -> None:
                     "peak_rss_mb": float("nan") if args.no_memory else measure_memory(
                         variant, mouth_size, batch, args.width, args.weights),
                     "model_bytes": model_bytes(engines[variant]),
-                    "psnr_vs_fp32": psnr(outputs[variant], outputs["naive"]),
+                    "psnr_vs_fp32": output_psnr(outputs[variant], outputs["naive"]),
                     "speedup_vs_naive": fps / base_fps,
                     "bytes_vs_naive": model_bytes(engines[variant]) / base_bytes,
                     "setup_s": setup_s[variant],

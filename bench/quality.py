@@ -34,11 +34,10 @@ from dinet_platform.config.sweep import trial_config
 from dinet_platform.data.samples import ShardDataset
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import PASTE_REFERENCE, evaluate, load_model
-from dinet_platform.evaluation.sync_expert import load_sync_expert
 from dinet_platform.models import build_discriminators, build_generator
-from dinet_platform.training.checkpoint import save_checkpoint
+from dinet_platform.models.checkpoints import load_sync_expert, save_checkpoint
+from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.training.objective import (
-    ClipGenerator,
     StageObjective,
     autocast_dtype,
     make_optimizers,

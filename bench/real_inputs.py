@@ -36,16 +36,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 from common import markdown_table, write_json
-from dinet_platform.data.audio_features import logmel_features
-from dinet_platform.data.landmarks import LandmarkError, dlib_face, face_detector_name
-from dinet_platform.data.synth_speech import (
+from dinet_platform.media.audio_features import logmel_features
+from dinet_platform.media.landmarks import LandmarkError, dlib_face, face_detector_name
+from dinet_platform.registry.loading import load_engine
+from dinet_platform.runtime.avatar import Avatar
+from dinet_platform.runtime.dub import render_frames
+from dinet_platform.synth.speech import (
     SpeechVoice,
     random_sentence,
     speak_fresh,
 )
-from dinet_platform.inference.avatar import Avatar
-from dinet_platform.inference.dub import render_frames
-from dinet_platform.inference.loading import load_engine
 
 RATE = 16000
 VOICE = SpeechVoice("en-gb-scotland", "m4", 45, 60, 165)

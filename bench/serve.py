@@ -4,7 +4,7 @@
                           [--rounds 3] [--frames-per-request 1 5] [--width 0.25] [--mouth 64]
                           [--cpus-per-replica 1] [--python-proxy] [--quick]
 
-Starts a local Ray + Serve app (``serve_deployments.lipsync``) the way ``dinet serve`` does
+Starts a local Ray + Serve app (``dinet_platform.serving.deployment``) the way ``dinet serve`` does
 (``start_local_ray``: Serve's throughput mode, HAProxy in front of the ingress replicas;
 ``--python-proxy`` measures Ray's Python HTTP proxy instead) serving a stand-in model (a random
 initialisation registered in a private MLflow SQLite registry, int8 calibrated on a synthetic
@@ -66,9 +66,10 @@ TOKEN = "bench-token-0123456789abcdef"
 
 
 def register_stand_in(client, config, mouth: int, folder: Path) -> int:
+    from dinet_platform.models.checkpoints import save_checkpoint
     from dinet_platform.models.factory import build_generator
-    from dinet_platform.registry.store import move_alias, register_model
-    from dinet_platform.training.checkpoint import save_checkpoint
+    from dinet_platform.promotion.workflow import register_model
+    from dinet_platform.registry.versions import move_alias
     from dinet_platform.training.stage import start_stage_run
 
     torch.manual_seed(0)
@@ -205,9 +206,8 @@ def echo_app(settings: dict, frame_bytes: int):
     (This file has no ``from __future__ import annotations``: FastAPI reads the route's
     annotations in the replica, where a string ``"Request"`` would not resolve.)"""
     from dinet_platform.serving.batching import BatchQueue
+    from dinet_platform.serving.deployment import ingress_max_ongoing, replica_handle
     from ray import serve
-
-    from serve_deployments.lipsync import ingress_max_ongoing, replica_handle
 
     serving = settings["serving"]
     app = FastAPI()
@@ -308,15 +308,14 @@ def main() -> None:
     import httpx
     from dinet_platform.config import validate_config
     from dinet_platform.data.prepare import prepare_dataset
-    from dinet_platform.data.synth import synthesize_dataset
     from dinet_platform.ray_runtime import free_port, start_local_ray
     from dinet_platform.serving.avatars import AvatarStore
+    from dinet_platform.serving.deployment import build_app
     from dinet_platform.serving.model import ModelServer
     from dinet_platform.serving.settings import validate_args
+    from dinet_platform.synth.videos import synthesize_dataset
     from dinet_platform.tracking import client_for
     from ray import serve
-
-    from serve_deployments.lipsync import build_app
 
     print("preparing a synthetic video, shards and a stand-in model ...", flush=True)
     synthesize_dataset(root / "videos", 1, 2.0, seed=0, size=160)

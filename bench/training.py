@@ -44,9 +44,9 @@ import torch
 from common import markdown_table, median, write_json
 from dinet_platform.config import DINetConfig, load_config
 from dinet_platform.models import build_discriminators, build_generator
+from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.ray_runtime import start_local_ray
 from dinet_platform.training.objective import (
-    ClipGenerator,
     Discriminators,
     StageObjective,
     autocast_dtype,

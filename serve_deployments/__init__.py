@@ -1,4 +1,2 @@
-"""Ray Serve applications (import paths such as ``serve_deployments.lipsync:app``).
-
-Kept thin: each application parses its config and calls the library's serving code.
-"""
+"""Ray Serve import paths kept at the repository root (``serve_deployments.lipsync:build_app``);
+the applications themselves live in :mod:`dinet_platform.serving`."""

@@ -42,7 +42,7 @@ def ray_local() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``SYNTH_VIDEOS`` synthetic clips (mp4 + OpenFace CSV + truth JSON), made once."""
-    from dinet_platform.data.synth import synthesize_dataset
+    from dinet_platform.synth.videos import synthesize_dataset
 
     folder = tmp_path_factory.mktemp("synth")
     synthesize_dataset(folder, SYNTH_VIDEOS, SYNTH_SECONDS, seed=0, size=SYNTH_SIZE)

@@ -23,19 +23,19 @@ from dinet_platform.audio_contract import (
     AudioContractError,
     AudioFeatureSpec,
     checkpoint_features,
-    is_public_dinet,
 )
 from dinet_platform.cli import app as cli_app
 from dinet_platform.config import DINetConfig
 from dinet_platform.config.schema import ServingConfig
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
-from dinet_platform.inference import settle_batchnorm, synthetic_batches
-from dinet_platform.inference.avatar import Avatar
-from dinet_platform.inference.loading import load_engine
 from dinet_platform.models import DINet, DINetWithAttention, build_generator
+from dinet_platform.models.checkpoints import load_checkpoint, save_checkpoint
+from dinet_platform.models.public_dinet import is_public_dinet
+from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batches
+from dinet_platform.registry.loading import load_engine
+from dinet_platform.runtime.avatar import Avatar
 from dinet_platform.serving import api
-from dinet_platform.training.checkpoint import load_checkpoint, save_checkpoint
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
@@ -288,7 +288,7 @@ def deepspeech_api(tmp_path_factory, synth_dir):
     """The real FastAPI app and model server holding a tiny DeepSpeech-trained model."""
     from dinet_platform.serving.app import AppState, create_app
     from dinet_platform.serving.avatars import AvatarStore
-    from dinet_platform.serving.jobs import JobStore
+    from dinet_platform.serving.dub_jobs import JobStore
     from dinet_platform.serving.model import ModelServer, ServedModel
     from dinet_platform.serving.settings import ServeAppConfig
     from fastapi.testclient import TestClient

@@ -15,15 +15,15 @@ import pytest
 import torch
 from dinet_platform.cli import app
 from dinet_platform.config import DINetConfig
-from dinet_platform.data.media import probe_video, read_audio
-from dinet_platform.data.synth import synthesize_video
-from dinet_platform.inference import settle_batchnorm, synthetic_batches
-from dinet_platform.inference.avatar import Avatar, AvatarError
-from dinet_platform.inference.blend import feather_mask, paste
-from dinet_platform.inference.dub import DubError, dub_video, load_speech, render_frames
-from dinet_platform.inference.loading import load_engine
+from dinet_platform.media.io import probe_video, read_audio
 from dinet_platform.models import build_generator
-from dinet_platform.training.checkpoint import save_checkpoint
+from dinet_platform.models.checkpoints import save_checkpoint
+from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batches
+from dinet_platform.registry.loading import load_engine
+from dinet_platform.runtime.avatar import Avatar, AvatarError
+from dinet_platform.runtime.blend import feather_mask, paste
+from dinet_platform.runtime.dub import DubError, dub_video, load_speech, render_frames
+from dinet_platform.synth.videos import synthesize_video
 from typer.testing import CliRunner
 
 MOUTH = 64

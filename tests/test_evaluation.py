@@ -23,22 +23,22 @@ from dinet_platform.evaluation.evaluate import (
     PASTE_REFERENCE,
     evaluate,
 )
-from dinet_platform.evaluation.job import find_sync_expert, run_evaluation, run_train_syncnet
-from dinet_platform.evaluation.metrics import (
+from dinet_platform.evaluation.outputs import read_report
+from dinet_platform.evaluation.runs import find_sync_expert, run_evaluation, run_train_syncnet
+from dinet_platform.evaluation.sync_expert import audio_track, mouth_crops, sync_scores
+from dinet_platform.evaluation.video_metrics import (
     LipReader,
     image_sums,
     summarize,
     temporal_sums,
     true_opening,
 )
-from dinet_platform.evaluation.report import read_report
-from dinet_platform.evaluation.sync_expert import audio_track, mouth_crops, sync_scores
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.losses.temporal import TemporalConsistencyLoss
 from dinet_platform.models import build_generator
+from dinet_platform.models.checkpoints import save_checkpoint
 from dinet_platform.models.syncnet import SyncNet, clip_audio_track
 from dinet_platform.tracking import KIND_TAG, client_for, experiment_id
-from dinet_platform.training.checkpoint import save_checkpoint
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
@@ -97,8 +97,8 @@ def tiny_checkpoint(folder: Path, config, seed: int = 0) -> Path:
 
 
 def test_evaluation_core_imports_neither_ray_nor_mlflow():
-    code = ("import sys, dinet_platform.evaluation.evaluate, dinet_platform.evaluation.report, "
-            "dinet_platform.registry.gates; "
+    code = ("import sys, dinet_platform.evaluation.evaluate, dinet_platform.evaluation.outputs, "
+            "dinet_platform.promotion.gates; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)

@@ -8,23 +8,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from dinet_platform.inference import (
-    load_artifact,
-    optimize,
-    save_artifact,
-    settle_batchnorm,
-    synthetic_batch,
-    synthetic_batches,
-)
-from dinet_platform.inference.fft_conv import FFTConv2d, is_fft_candidate
-from dinet_platform.inference.folding import ConvReLU, fold_block
-from dinet_platform.inference.structure import FloatWarp
-from dinet_platform.inference.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
+from dinet_platform.metrics import output_psnr
 from dinet_platform.models import DINet
 from dinet_platform.models.blocks import AdaAT, UpBlock2d
+from dinet_platform.optimize.artifact import load_artifact, save_artifact
+from dinet_platform.optimize.fft_conv import FFTConv2d, is_fft_candidate
+from dinet_platform.optimize.folding import ConvReLU, fold_block
+from dinet_platform.optimize.modes import optimize
+from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batch, synthetic_batches
+from dinet_platform.optimize.structure import FloatWarp
+from dinet_platform.optimize.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.test_inference import MOUTH, psnr, randomize_batchnorm
+from tests.test_inference import MOUTH, randomize_batchnorm
 
 # -- the AdaAT warp as 2-D sampling -----------------------------------------------------------
 
@@ -81,7 +77,7 @@ def test_structure_mode_runs_the_alignment_convs_by_fft_and_exports(tmp_path: Pa
     with torch.no_grad():
         expected = model(batch.source, batch.references, batch.audio)
     got = engine(batch.source, batch.references, batch.audio)
-    assert psnr(got, expected) > 80.0
+    assert output_psnr(got, expected) > 80.0
     info = save_artifact(engine, tmp_path / "fft", (batch.source, batch.audio, batch.references))
     assert info.format == "export", info.fallback_reasons
     # the artifact holds direct convs (a program cannot keep the per-size spectrum cache);

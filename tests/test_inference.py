@@ -21,23 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from dinet_platform.config import AttentionConfig
-from dinet_platform.inference import (
-    MODES,
-    AvatarCache,
-    InferenceGenerator,
-    OptimizeOptions,
-    linear_share,
-    optimize,
-    prepare_for_inference,
-    quantize_static_int8,
-    save_artifact,
-    settle_batchnorm,
-    synthetic_batch,
-    synthetic_batches,
-)
-from dinet_platform.inference.folding import count_batchnorms, fold_block, fold_conv_bn
-from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB
-from dinet_platform.inference.weight_storage import FLOAT_LAYERS, INT8_STORED_STAGES
+from dinet_platform.metrics import output_psnr
 from dinet_platform.models import DINet, DINetWithAttention
 from dinet_platform.models.blocks import (
     DownBlock1d,
@@ -48,6 +32,13 @@ from dinet_platform.models.blocks import (
     SameBlock2d,
     UpBlock2d,
 )
+from dinet_platform.optimize.artifact import save_artifact
+from dinet_platform.optimize.folding import count_batchnorms, fold_block, fold_conv_bn
+from dinet_platform.optimize.modes import EXACT_ATOL, MIN_PSNR_DB, MODES, OptimizeOptions, optimize
+from dinet_platform.optimize.quantize import linear_share, quantize_static_int8
+from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batch, synthetic_batches
+from dinet_platform.optimize.structure import InferenceGenerator, prepare_for_inference
+from dinet_platform.optimize.weight_storage import FLOAT_LAYERS, INT8_STORED_STAGES
 from torch.nn.utils import parametrize
 
 TINY = 0.125
@@ -56,11 +47,6 @@ MOUTH = 64
 # to far better than int8 vs fp32; measured ~55 dB here.
 INT8_REPEAT_PSNR_DB = 45.0
 ALL_ON = AttentionConfig(spatial=True, mouth_focused=True, multi_scale=True, adaptive_fusion=True)
-
-
-def psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
-    mse = torch.mean((output.float() - reference.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(1.0 / mse)).item()
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -225,25 +211,7 @@ def test_cached_reference_path_equals_per_frame_encoding(engines, frames, mode):
     if mode == "cache":
         torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
     else:
-        assert psnr(output, expected) >= INT8_REPEAT_PSNR_DB
-
-
-def test_avatar_cache_encodes_once_and_evicts_least_recent(generator):
-    engine = optimize(generator, "cache")
-    calls = []
-    encode = engine._encode
-    engine._encode = lambda refs: calls.append(1) or encode(refs)
-    cache = AvatarCache(engine, max_avatars=2)
-    refs = {name: synthetic_batch(MOUTH, 1, seed=i).references for i, name in enumerate("abc")}
-    first = cache.get("a", refs["a"])
-    assert cache.get("a") is first and len(calls) == 1
-    cache.get("b", refs["b"])
-    cache.get("a")  # a is now the most recent
-    cache.get("c", refs["c"])  # evicts b
-    assert "a" in cache and "c" in cache and "b" not in cache and len(cache) == 2
-    assert cache.nbytes == 2 * first.nbytes
-    with pytest.raises(KeyError, match="'b'"):
-        cache.get("b")
+        assert output_psnr(output, expected) >= INT8_REPEAT_PSNR_DB
 
 
 # -- every mode against fp32 -------------------------------------------------------------------
@@ -258,7 +226,7 @@ def test_every_mode_stays_within_its_tolerance_of_fp32(
     output = engine.generate(source, audio, engine.encode_reference(references))
     assert output.shape == fp32_output.shape and output.dtype == torch.float32
     if mode in MIN_PSNR_DB:
-        assert psnr(output, fp32_output) >= MIN_PSNR_DB[mode], engine.description
+        assert output_psnr(output, fp32_output) >= MIN_PSNR_DB[mode], engine.description
     else:
         torch.testing.assert_close(output, fp32_output, rtol=0, atol=exact_atol)
 
@@ -323,7 +291,7 @@ def test_gpu_int8_request_runs_in_bf16_with_float_warp(generator, frames, fp32_o
     assert next(backend.warp.parameters()).dtype == torch.float32
     source, audio, references = frames
     output = engine.generate(source, audio, engine.encode_reference(references)).cpu()
-    assert psnr(output, fp32_output) >= 30.0
+    assert output_psnr(output, fp32_output) >= 30.0
 
 
 # -- deployment artifact -----------------------------------------------------------------------
@@ -343,7 +311,7 @@ FRESH_PROCESS = textwrap.dedent(
         features = [f.expand(3, *f.shape[1:]).contiguous() for f in encode(inputs["references"])]
         results["torch_only"] = generate(inputs["source"], inputs["audio"], *features)
     # 2. both artifacts through the project's loader, which must not import the model classes
-    from dinet_platform.inference import load_artifact
+    from dinet_platform.optimize.artifact import load_artifact
     for name, path in args["artifacts"].items():
         engine = load_artifact(path)
         results[name] = engine.generate(inputs["source"], inputs["audio"],
@@ -397,7 +365,7 @@ def test_artifacts_load_in_a_fresh_process_without_the_model_code(
     # batch 3 though exported/traced at batch 2
     torch.testing.assert_close(results["structure"], expected["structure"], rtol=0, atol=1e-5)
     for got in (results["static_int8"], results["torch_only"]):  # int8: INT8_REPEAT_PSNR_DB
-        assert psnr(got, expected["static_int8"]) >= INT8_REPEAT_PSNR_DB
+        assert output_psnr(got, expected["static_int8"]) >= INT8_REPEAT_PSNR_DB
     # all: its int8/fp16-stored weights travel as such; the artifact's direct 11x11 convs
     # round differently from the engine's FFT ones
-    assert psnr(results["all"], expected["all"]) >= INT8_REPEAT_PSNR_DB
+    assert output_psnr(results["all"], expected["all"]) >= INT8_REPEAT_PSNR_DB

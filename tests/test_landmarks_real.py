@@ -15,8 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from dinet_platform.data import landmarks as lm
-from dinet_platform.data.landmarks import (
+from dinet_platform.media import landmarks as lm
+from dinet_platform.media.io import probe_video, write_lossless_video
+from dinet_platform.media.landmarks import (
     NO_FACE,
     SEVERAL_FACES,
     FaceRefused,
@@ -28,8 +29,7 @@ from dinet_platform.data.landmarks import (
     landmarks_from_box,
     video_landmarks,
 )
-from dinet_platform.data.media import probe_video, write_lossless_video
-from dinet_platform.data.synth import synthesize_video
+from dinet_platform.synth.videos import synthesize_video
 
 skimage_data = pytest.importorskip("skimage.data")
 

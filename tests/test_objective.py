@@ -7,8 +7,8 @@ import torch
 from dinet_platform.config import LossConfig, ModelConfig
 from dinet_platform.geometry import mouth_mask
 from dinet_platform.models import build_discriminators, build_generator, build_syncnet
+from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.training.objective import (
-    ClipGenerator,
     StageObjective,
     autocast_dtype,
     example_batch,

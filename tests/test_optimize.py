@@ -21,19 +21,23 @@ import torch
 import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
-from dinet_platform.inference import OptimizeOptions, settle_batchnorm
-from dinet_platform.inference.loading import (
+from dinet_platform.models import build_generator
+from dinet_platform.models.checkpoints import save_checkpoint
+from dinet_platform.optimize.modes import (
+    EXACT_ATOL,
+    MIN_PSNR_DB,
+    REORDER_FACTOR,
+    OptimizeOptions,
+)
+from dinet_platform.optimize.stand_in import settle_batchnorm
+from dinet_platform.promotion.workflow import register_model
+from dinet_platform.registry.loading import (
     CALIBRATION_BATCHES,
-    MODE_NAMES,
     load_engine,
     real_batches,
 )
-from dinet_platform.inference.modes import EXACT_ATOL, MIN_PSNR_DB, MODES, REORDER_FACTOR
-from dinet_platform.inference.optimizing import measure_psnr
-from dinet_platform.models import build_generator
-from dinet_platform.registry.store import register_model
+from dinet_platform.registry.optimizing import measure_psnr
 from dinet_platform.tracking import client_for
-from dinet_platform.training.checkpoint import save_checkpoint
 from dinet_platform.training.stage import start_stage_run
 from typer.testing import CliRunner
 
@@ -88,10 +92,6 @@ def store(prepared_dir, tmp_path_factory):
 
 def outputs(engine, batches) -> torch.Tensor:
     return torch.cat([engine(b.source, b.references, b.audio) for b in batches])
-
-
-def test_mode_names_match_modes():
-    assert MODE_NAMES == MODES
 
 
 def test_real_batches_are_training_samples(store):
@@ -193,7 +193,7 @@ def test_optimized_directory_loads_without_model_code(store, tmp_path):
                tmp_path / "inputs.pt")
     script = textwrap.dedent(f"""
         import sys, torch
-        from dinet_platform.inference.loading import load_engine
+        from dinet_platform.registry.loading import load_engine
         engine, info = load_engine({str(out)!r})
         assert info.optimized_artifact and info.mode == "structure", info
         x = torch.load({str(tmp_path / 'inputs.pt')!r}, weights_only=True)

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data import shards as fmt
-from dinet_platform.data.audio_features import logmel_features
-from dinet_platform.data.landmarks import read_openface_csv
-from dinet_platform.data.media import resample_indices
 from dinet_platform.data.prepare import prepare_dataset, split_videos
 from dinet_platform.data.process import decode_frame
-from dinet_platform.data.synth import synthesize_video
 from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.audio_features import logmel_features
+from dinet_platform.media.io import resample_indices
+from dinet_platform.media.landmarks import read_openface_csv
+from dinet_platform.synth.videos import synthesize_video
 
 SYNTH_VIDEOS, SYNTH_SECONDS = 4, 1.6  # as made by conftest.synth_dir
 

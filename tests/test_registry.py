@@ -13,16 +13,12 @@ import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
 from dinet_platform.config.schema import GateConfig
-from dinet_platform.registry.gates import check_gates, gates_passed
-from dinet_platform.registry.store import (
-    SOURCE_RUN_TAG,
-    list_versions,
-    promote,
-    register_model,
-    rollback,
-)
-from dinet_platform.tracking import client_for, resolve_checkpoint
-from dinet_platform.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from dinet_platform.models.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from dinet_platform.promotion.gates import check_gates, gates_passed
+from dinet_platform.promotion.workflow import promote, register_model
+from dinet_platform.registry.refs import resolve
+from dinet_platform.registry.versions import SOURCE_RUN_TAG, list_versions, rollback
+from dinet_platform.tracking import client_for
 from dinet_platform.training.pipeline import run_pipeline
 from dinet_platform.training.stage import start_stage_run
 from mlflow.exceptions import MlflowException
@@ -113,7 +109,7 @@ def trained(ray_local, prepared_dir, tmp_path_factory):
         config = load_config(write_config(root, prepared_dir))
         client = client_for(config.tracking)
         result = run_pipeline(config, client)
-        state = load_checkpoint(resolve_checkpoint(result.stages[-1].run_id, client))
+        state = load_checkpoint(resolve(result.stages[-1].run_id, client).path)
         yield {"root": root, "config": config, "pipeline": result, "state": state}
 
 
@@ -146,7 +142,7 @@ def test_gates_refuse_degraded_accept_better_and_rollback(trained, embedded, tmp
     assert register_model(config, client, pipeline.run_id, evaluate=False).existed
 
     # The artifact: weights + config, no optimizer state, no pickled code.
-    local = resolve_checkpoint(f"models:/{NAME}@candidate", client)
+    local = resolve(f"models:/{NAME}@candidate", client).path
     state = torch.load(local / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     assert state["optimizers"] is None and state["mouth_size"] == 64
     assert (local / "config.yaml").is_file()
@@ -350,7 +346,7 @@ def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypat
         assert_aliases_resolve(client)
 
         # models:/ URIs resolve through the server's registry and artifact proxy.
-        local = resolve_checkpoint(f"models:/{NAME}@production", client)
+        local = resolve(f"models:/{NAME}@production", client).path
         state = load_checkpoint(local)
         for key, value in clean["generator"].items():
             torch.testing.assert_close(state["generator"][key], value)
@@ -368,7 +364,7 @@ def held_out_shards(tmp_path_factory) -> Path:
     are the held-out split."""
     from dinet_platform.config.schema import DataConfig
     from dinet_platform.data.prepare import prepare_dataset
-    from dinet_platform.data.synth import synthesize_dataset
+    from dinet_platform.synth.videos import synthesize_dataset
 
     root = tmp_path_factory.mktemp("held-out")
     synthesize_dataset(root / "videos", 4, 4.0, seed=7, speech="tts", voice_pool="held-out")

@@ -8,12 +8,12 @@ import re
 import pytest
 import yaml
 from dinet_platform.config import load_config
-from dinet_platform.evaluation.job import run_evaluation
-from dinet_platform.evaluation.report import format_value, read_report
-from dinet_platform.report import write_report
+from dinet_platform.evaluation.outputs import format_value, read_report
+from dinet_platform.evaluation.runs import run_evaluation
+from dinet_platform.pipeline_report import write_report
 from dinet_platform.tracking import KIND_TAG, client_for, experiment_id
 from dinet_platform.training.pipeline import run_pipeline
-from dinet_platform.tuning.report import SweepReport, TrialRow
+from dinet_platform.tuning.results import SweepReport, TrialRow
 
 from tests.test_training import TINY
 

@@ -18,18 +18,19 @@ import pytest
 import torch
 from dinet_platform.config import validate_config
 from dinet_platform.config.loader import ConfigError
-from dinet_platform.data.media import probe_video
 from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.io import probe_video
+from dinet_platform.models.checkpoints import save_checkpoint
 from dinet_platform.models.factory import build_generator
+from dinet_platform.promotion.workflow import register_model
 from dinet_platform.ray_runtime import free_port
-from dinet_platform.registry.store import move_alias, register_model
+from dinet_platform.registry.versions import move_alias
 from dinet_platform.serving import api
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
 from dinet_platform.serving.client import LipSyncClient, LipSyncError
 from dinet_platform.serving.model import load_served_model
 from dinet_platform.serving.settings import ServeAppConfig, validate_args
 from dinet_platform.tracking import client_for
-from dinet_platform.training.checkpoint import save_checkpoint
 from dinet_platform.training.stage import start_stage_run
 
 MOUTH = 64
@@ -57,9 +58,8 @@ def register_version(client, config, seed: int, folder: Path) -> int:
 
 @pytest.fixture(scope="module")
 def served(ray_local, prepared_dir, tmp_path_factory):
+    from dinet_platform.serving.deployment import build_app
     from ray import serve
-
-    from serve_deployments.lipsync import build_app
 
     root = tmp_path_factory.mktemp("serve")
     token_file = root / "token"
@@ -419,9 +419,8 @@ def test_hot_swap_under_load_fails_no_request(served, http, avatar):
 def test_reapplying_the_config_serves_the_moved_alias(served, http):
     """The other swap path: move the alias, deploy the same config again (a fresh
     user_config stamp makes Serve call reconfigure, which re-resolves the alias)."""
+    from dinet_platform.serving.deployment import build_app
     from ray import serve
-
-    from serve_deployments.lipsync import build_app
 
     current = http.get("/v1/model").json()["model"]["version"]
     target = served["v1"] if current == served["v2"] else served["v2"]
@@ -515,7 +514,7 @@ def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
     speech (espeak-ng) over HTTP: the mouth changes, and every pixel outside the blended mouth
     box is the photo's, bit for bit. The mouth centre and face width are dlib's on this photo
     (tests/test_landmarks_real.py); the server finds the face itself."""
-    from dinet_platform.data.synth_speech import SpeechVoice, speak_fresh
+    from dinet_platform.synth.speech import SpeechVoice, speak_fresh
 
     skimage_data = pytest.importorskip("skimage.data")
     photo = skimage_data.astronaut()

@@ -11,10 +11,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from dinet_platform.data import synth_audio as sa
-from dinet_platform.data import synth_face as sf
-from dinet_platform.data import synth_render as sr
-from dinet_platform.data.synth import (
+from dinet_platform.synth import audio as sa
+from dinet_platform.synth import face as sf
+from dinet_platform.synth import render as sr
+from dinet_platform.synth.videos import (
     SynthClip,
     clip_seed,
     synthesize_dataset,

@@ -8,10 +8,10 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from dinet_platform.data import synth_speech as ss
-from dinet_platform.data.media import resample_audio
-from dinet_platform.data.synth import SynthClip, synthesize_dataset, synthesize_video
-from dinet_platform.data.synth_audio import PHONES
+from dinet_platform.media.io import resample_audio
+from dinet_platform.synth import speech as ss
+from dinet_platform.synth.audio import PHONES
+from dinet_platform.synth.videos import SynthClip, synthesize_dataset, synthesize_video
 
 FPS, RATE = 25, 16000
 

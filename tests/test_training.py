@@ -13,8 +13,8 @@ import torch
 import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
+from dinet_platform.models.checkpoints import load_checkpoint
 from dinet_platform.tracking import PARENT_TAG, client_for, experiment_id
-from dinet_platform.training.checkpoint import load_checkpoint
 from dinet_platform.training.pipeline import run_pipeline
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner

@@ -22,10 +22,12 @@ from pathlib import Path
 from dinet_platform.config import dump_config, load_config
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
-from dinet_platform.evaluation.job import final_stage_run, find_sync_expert, git_commit
-from dinet_platform.evaluation.report import write_report
-from dinet_platform.tracking import client_for, get_run, resolve_checkpoint
-from dinet_platform.training.checkpoint import load_checkpoint, save_checkpoint
+from dinet_platform.evaluation.outputs import write_report
+from dinet_platform.evaluation.runs import find_sync_expert
+from dinet_platform.models.checkpoints import load_checkpoint, save_checkpoint
+from dinet_platform.registry.refs import final_stage_run, resolve
+from dinet_platform.registry.versions import git_commit
+from dinet_platform.tracking import client_for, get_run
 
 REPORTED = ("mouth_psnr", "mouth_ssim", "seam_psnr", "mouth_open_corr", "mouth_open_error_px",
             "warp_error", "lse_c", "lse_d", "sync_offset")
@@ -44,7 +46,7 @@ def main() -> None:
     config = load_config(args.config)
     client = client_for(config.tracking)
     stage_run = final_stage_run(client, get_run(client, args.run))
-    state = load_checkpoint(resolve_checkpoint(stage_run.info.run_id, client))
+    state = load_checkpoint(resolve(stage_run.info.run_id, client).path)
     out = Path(args.out)
     save_checkpoint(out, {k: v for k, v in state.items() if k != "format"}
                     | {"optimizers": None})
@@ -55,7 +57,7 @@ def main() -> None:
     print(f"sync expert: {expert_source}")
     if expert is not None:  # ships with the model: the demo judges sync with it
         shutil.rmtree(out / "syncnet", ignore_errors=True)
-        shutil.copytree(resolve_checkpoint(expert_source, client), out / "syncnet")
+        shutil.copytree(resolve(expert_source, client).path, out / "syncnet")
     result = evaluate([model], videos, config.evaluation, expert)
     history = client.get_metric_history(stage_run.info.run_id, "val_mouth_psnr")
     manifest = json.loads((Path(args.shards) / "manifest.json").read_text())

@@ -15,18 +15,19 @@ a message that says what the model needs and how to provide it (:func:`how_to_pr
 What a model needs (:class:`AudioFeatureSpec`) comes from, in this order:
 
 1. the record ``checkpoint.pt["audio_features"]``, written by every
-   :func:`~dinet_platform.training.checkpoint.save_checkpoint` (and ``optimization.json`` of
+   :func:`~dinet_platform.models.checkpoints.save_checkpoint` (and ``optimization.json`` of
    an optimized artifact);
 2. for a platform checkpoint written before the record existed: its stored config's ``data``
    (every platform checkpoint carries its config, so nothing is guessed);
 3. for a bare state dict with the public DINet layout (MRzzm/DINet's ``netG_model_epoch_*.pth``
    or ``clip_training_DINet_256mouth.pth``: exactly DINet's parameter names and shapes at full
    width, 29 audio input channels), recognised by its keys and shapes (never by its file
-   name) in :func:`is_public_dinet`: DeepSpeech, 29 per frame at 25 fps, 5-frame windows,
-   which is all DINet's code can train on. A bare state dict of another layout (our generator
-   at another width, say) has no known features: the config given with it decides. (A bare
-   state dict of a full-width log-mel generator of ours would be taken for DINet's: the
-   platform never writes one; its checkpoints carry their config and record.)
+   name) in :func:`~dinet_platform.models.public_dinet.is_public_dinet`: DeepSpeech, 29 per
+   frame at 25 fps, 5-frame windows, which is all DINet's code can train on. A bare state
+   dict of another layout (our generator at another width, say) has no known features: the
+   config given with it decides. (A bare state dict of a full-width log-mel generator of ours
+   would be taken for DINet's: the platform never writes one; its checkpoints carry their
+   config and record.)
 
 Plain Python + PyTorch: no Ray, MLflow or HTTP here (the serving layer only borrows texts).
 """
@@ -40,10 +41,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from dinet_platform.config.schema import DataConfig, DINetConfig
-from dinet_platform.data.audio_features import (
+from dinet_platform.media.audio_features import (
     DEEPSPEECH_DIM,
     DEEPSPEECH_SUFFIX,
     LOGMEL_OFFSET,
@@ -63,8 +63,6 @@ generating frame ``i - 3`` in its ``inference.py``), which :func:`audio_window` 
 
 RETRAIN_FLAG = "--retrain-audio-path"
 RETRAIN_KEY = "training.retrain_audio_path"
-AUDIO_PATH_PREFIX = "audio_encoder."
-"""The generator's audio path: everything that sees the features before they are pooled."""
 
 Loader = Literal["train", "evaluate", "dub", "serve-dub", "serve-frames"]
 
@@ -269,62 +267,6 @@ def missing_features(
 # --------------------------------------------------------------------------- checkpoints
 
 
-def is_public_dinet(state: Mapping[str, torch.Tensor]) -> bool:
-    """Whether a bare generator state dict is a public DINet generator: exactly the parameter
-    names and shapes of MRzzm/DINet's ``DINet(3, 15, 29)`` (full width, 29 audio input
-    channels). DINet's code has no width setting, so anything it trained has this layout.
-
-    ``state`` as :func:`~dinet_platform.models.weights.read_state_dict` returns it (``net_g``
-    unwrapped, ``module.`` stripped)."""
-    from dinet_platform.models.dinet import DINet
-
-    audio = state.get(AUDIO_PATH_PREFIX + "0.conv.weight")
-    if not isinstance(audio, torch.Tensor) or audio.ndim != 3 or audio.shape[1] != DEEPSPEECH_DIM:
-        return False
-    with torch.device("meta"):
-        reference = DINet(3, 15, DEEPSPEECH_DIM).state_dict()
-    if set(state) != set(reference):
-        return False
-    return all(
-        isinstance(state[k], torch.Tensor) and tuple(state[k].shape) == tuple(v.shape)
-        for k, v in reference.items()
-    )
-
-
-PUBLIC_DINET_ORIGIN = (
-    f"a public DINet generator (MRzzm/DINet's parameter layout, {DEEPSPEECH_DIM} audio "
-    "channels, no platform record: DINet trains on DeepSpeech features only)"
-)
-
-
-def public_dinet_config(fallback: DINetConfig | None) -> DINetConfig:
-    """The config a public DINet generator runs with: its network (plain DINet at full width,
-    29 audio channels) and its features (DeepSpeech, 25 fps, 5-frame windows); stages and
-    everything else from ``fallback`` (mouth 256, DINet's final size, without one)."""
-    base = (
-        fallback.model_dump(mode="json")
-        if fallback is not None
-        else {
-            "name": "public-dinet",
-            "stages": [{"mouth_size": 256, "epochs": 1, "batch_size": 1, "lr": 1e-4}],
-        }
-    )
-    base["model"] = {
-        **base.get("model", {}),
-        "variant": "dinet",
-        "width": 1.0,
-        "audio_channels": DEEPSPEECH_DIM,
-    }
-    base["model"].pop("attention", None)
-    base["data"] = {
-        **base.get("data", {}),
-        "audio_features": "deepspeech",
-        "fps": PUBLIC_DINET_FPS,
-        "audio_window": PUBLIC_DINET_WINDOW,
-    }
-    return DINetConfig.model_validate(base)
-
-
 def checkpoint_features(state: Mapping[str, Any], source: str) -> AudioFeatureSpec:
     """What a platform checkpoint's generator needs (see the module doc): its record, checked
     against what this code computes from its stored config, or (older checkpoints, written
@@ -349,16 +291,6 @@ def check_record(record: Mapping[str, Any] | None, config: DINetConfig, source: 
             f"config ({'; '.join(differences)}): the feature computation changed since it was "
             "trained. Run it with the code it was trained with, or train it again"
         )
-
-
-def fresh_audio_path(
-    weights: Mapping[str, torch.Tensor], fresh: torch.nn.Module
-) -> dict[str, torch.Tensor]:
-    """``weights`` with the audio path (``audio_encoder.*``) replaced by ``fresh``'s freshly
-    initialised one, whose input size is the config's feature size."""
-    new = fresh.state_dict()
-    kept = {k: v for k, v in weights.items() if not k.startswith(AUDIO_PATH_PREFIX)}
-    return kept | {k: v.clone() for k, v in new.items() if k.startswith(AUDIO_PATH_PREFIX)}
 
 
 # --------------------------------------------------------------------------- feature files

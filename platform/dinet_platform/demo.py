@@ -27,12 +27,11 @@ from rich.table import Table
 from dinet_platform.config import DINetConfig
 from dinet_platform.config.sweep import load_sweep_config
 from dinet_platform.data.prepare import prepare_dataset
-from dinet_platform.data.synth import synthesize_dataset
-from dinet_platform.paths import PROJECT_ROOT, dinet_home
+from dinet_platform.paths import PROJECT_ROOT, dinet_home, shards_path
 from dinet_platform.ray_runtime import ray_session
+from dinet_platform.synth.videos import synthesize_dataset
 from dinet_platform.tracking import client_for
 from dinet_platform.training.pipeline import run_pipeline
-from dinet_platform.training.stage import default_shards
 
 DEMO_VIDEOS = 8
 DEMO_SECONDS = 4.0
@@ -80,7 +79,7 @@ def _step(state: DemoState, console: Console, title: str, action: Callable[[], N
 def run_demo(config: DINetConfig, console: Console, sweep_config: Path = DEMO_SWEEP) -> DemoState:
     started = time.perf_counter()
     home = dinet_home()
-    state = DemoState(config, client_for(config.tracking), home, default_shards(config))
+    state = DemoState(config, client_for(config.tracking), home, shards_path(config.data.shards))
 
     _step(state, console, "synthetic talking faces", lambda: synthesize(state, console))
     with ray_session():
@@ -173,7 +172,7 @@ def sweep(state: DemoState, console: Console, path: Path) -> None:
 
 
 def sync_expert(state: DemoState, console: Console) -> None:
-    from dinet_platform.evaluation.job import SYNC_ALIAS, run_train_syncnet
+    from dinet_platform.evaluation.runs import SYNC_ALIAS, run_train_syncnet
 
     configured = state.config.evaluation.sync_expert
     if configured:
@@ -195,8 +194,9 @@ def sync_expert(state: DemoState, console: Console) -> None:
 
 
 def register_and_promote(state: DemoState, console: Console) -> None:
-    from dinet_platform.registry.gates import summary
-    from dinet_platform.registry.store import PRODUCTION, alias_holder, promote, register_model
+    from dinet_platform.promotion.gates import summary
+    from dinet_platform.promotion.workflow import promote, register_model
+    from dinet_platform.registry.versions import PRODUCTION, alias_holder
 
     registration = register_model(state.config, state.client, state.pipeline_run,
                                   shards=state.shards, console=console)
@@ -225,7 +225,7 @@ def register_and_promote(state: DemoState, console: Console) -> None:
 def evaluate_held_out_voices(state: DemoState, console: Console) -> None:
     """The promoted model on new identities speaking in voices (accents and espeak variants)
     that neither it nor the base model heard, against the same baselines as the gates."""
-    from dinet_platform.evaluation.job import run_evaluation
+    from dinet_platform.evaluation.runs import run_evaluation
 
     name = state.config.tracking.registered_model
     evaluation = state.config.evaluation.model_copy(update={"split": "all"})
@@ -247,10 +247,10 @@ def optimize_int8(state: DemoState, console: Console) -> None:
     """Static int8 of the production version, measured against fp32 on real frames and
     registered as a version of its own (Serve loads ``@production`` and quantizes the same way
     on load; this artifact is what a torch-only deployment would ship)."""
-    from dinet_platform.inference.optimizing import optimize_reference
+    from dinet_platform.registry.optimizing import export_optimized
 
     name = state.config.tracking.registered_model
-    outcome = optimize_reference(f"models:/{name}/{state.version}", "static_int8",
+    outcome = export_optimized(f"models:/{name}/{state.version}", "static_int8",
                                  client=state.client, data=state.shards,
                                  register=state.config)
     state.outputs["optimized"] = {
@@ -326,7 +326,7 @@ def measure_frames_route(client: Any, avatar: str, speech: Path, state: DemoStat
 
     import numpy as np
 
-    from dinet_platform.inference.dub import load_speech
+    from dinet_platform.runtime.dub import load_speech
 
     features = load_speech(speech, state.config.data).features
     windows = [features[i * window:(i + 1) * window] for i in range(requests)]
@@ -353,7 +353,7 @@ def measure_frames_route(client: Any, avatar: str, speech: Path, state: DemoStat
 
 
 def report(state: DemoState, console: Console) -> None:
-    from dinet_platform.report import write_report
+    from dinet_platform.pipeline_report import write_report
 
     path = write_report(state.client, state.pipeline_run, state.out_dir / "report.html",
                         evaluation_run_id=state.evaluation_run, sweep=state.sweep_run,

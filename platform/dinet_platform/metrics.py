@@ -64,6 +64,17 @@ def psnr(
     return 10.0 * torch.log10(max_val**2 / mse)
 
 
+def psnr_from_mse(mse: float, max_val: float = 1.0) -> float:
+    """PSNR in dB of a mean squared error (``inf`` for 0): for errors summed elsewhere."""
+    return math.inf if mse <= 0 else 10.0 * math.log10(max_val**2 / mse)
+
+
+def output_psnr(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """One PSNR over every element of two tensors in ``[0, 1]`` (an optimized model's output
+    against the fp32 model's, say)."""
+    return psnr_from_mse(float(torch.mean((output.float() - reference.float()) ** 2)))
+
+
 def _gaussian_window(
     window_size: int, sigma: float, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:

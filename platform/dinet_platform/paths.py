@@ -7,7 +7,7 @@ from pathlib import Path
 
 DEFAULT_HOME = ".dinet"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-"""The repository: configs/, jobs/ and serve_deployments/ live here (an editable install)."""
+"""The repository: configs/ and jobs/ live here (an editable install)."""
 
 
 def dinet_home() -> Path:
@@ -30,6 +30,11 @@ def tracking_uri(configured: str | None = None) -> str:
         return configured
     home = ensure_dir(dinet_home())
     return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def shards_path(configured: str | Path | None = None) -> Path:
+    """Prepared training shards: the config's ``data.shards``, or ``$DINET_HOME/data/shards``."""
+    return Path(configured) if configured else dinet_home() / "data" / "shards"
 
 
 def ray_storage_path(configured: str | None = None) -> str:

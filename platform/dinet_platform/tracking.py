@@ -1,4 +1,4 @@
-"""MLflow at the edge: the tracking store, experiments, run lookup and checkpoint resolution.
+"""MLflow at the edge: the tracking store, experiments, run lookup and the tags tying runs.
 
 The embedded default keeps everything under ``$DINET_HOME``: the SQLite tracking/registry store
 and the artifact root of the experiments this platform creates there. A real ``mlflow server``
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
-from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
@@ -24,6 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 CHECKPOINT_ARTIFACT = "checkpoint"
+"""The artifact of a stage run (and of a sync expert's run) holding its checkpoint."""
 
 # Tags that tie runs together (MLflow's own parent tag makes the UI nest child runs).
 PARENT_TAG = "mlflow.parentRunId"
@@ -74,51 +73,3 @@ def find_runs(client: MlflowClient, experiment: str, tags: dict[str, str]) -> li
     return client.search_runs(
         [experiment], filter_string=query, order_by=["attributes.start_time DESC"]
     )
-
-
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
-
-
-def model_version_source(uri: str, client: MlflowClient) -> str:
-    """The artifact URI a ``models:/name@alias`` or ``models:/name/N`` URI stands for, looked
-    up in *this* client's registry (not whichever one is globally configured)."""
-    match = MODEL_URI.match(uri)
-    if not match:
-        raise ValueError(f"{uri!r} is not a models:/NAME@ALIAS or models:/NAME/VERSION URI")
-    name, alias, version = match["name"], match["alias"], match["version"]
-    try:
-        if alias:
-            version = client.get_model_version_by_alias(name, alias).version
-        return client.get_model_version_download_uri(name, version)
-    except MlflowException:
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise ValueError(
-            f"model {uri!r}: registered model {name!r} has no {what} in {client.tracking_uri}"
-        ) from None
-
-
-def resolve_checkpoint(reference: str, client: MlflowClient) -> Path:
-    """A local checkpoint path for ``reference``: an MLflow run id (its ``checkpoint``
-    artifact), an artifact URI (``runs:/...``, ``models:/...``, ``s3://...``), or a local
-    file/directory (a platform checkpoint or a public DINet ``.pth``)."""
-    if RUN_ID.match(reference):
-        get_run(client, reference)
-        reference = f"runs:/{reference}/{CHECKPOINT_ARTIFACT}"
-    if reference.startswith("models:/"):
-        reference = model_version_source(reference, client)
-    if "://" in reference or reference.startswith(("runs:/", "models:/")):
-        destination = tempfile.mkdtemp(prefix="dinet-ckpt-")
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                artifact_uri=reference, dst_path=destination, tracking_uri=client.tracking_uri
-            )
-        except (MlflowException, OSError) as exc:
-            raise ValueError(f"cannot fetch checkpoint {reference!r}: {exc}") from None
-        return Path(path)
-    path = Path(reference).expanduser()
-    if not path.exists():
-        raise ValueError(
-            f"init checkpoint {reference!r} is neither an MLflow run id, an artifact URI, "
-            "nor an existing file or directory"
-        )
-    return path

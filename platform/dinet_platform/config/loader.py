@@ -1,14 +1,20 @@
-"""The one config loader: YAML file + typed ``--set a.b.c=value`` overrides -> DINetConfig."""
+"""The one config reader: a YAML file + typed ``--set a.b.c=value`` overrides -> a validated model.
+
+:func:`read_yaml` reads any of the platform's YAML files (training, sweep and serve configs,
+the config inside a checkpoint or an optimized artifact) with one set of errors;
+:func:`validate` turns a mapping into a typed settings model with errors that name each bad
+field; :func:`load_config` is the two together for a training config, with overrides.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from dinet_platform.config.schema import DINetConfig
 
@@ -18,6 +24,7 @@ class ConfigError(ValueError):
 
 
 ENV_PREFIX = "env:"
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DINetConfig:
@@ -26,34 +33,47 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> DINetConfig:
     ``env:NAME`` reads the YAML from the environment variable ``NAME`` instead: that is how a
     resolved config travels with a cluster job, whatever file it came from.
     """
-    text = _read_config_text(str(path))
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = read_yaml(path)
     for override in overrides:
         _apply_override(raw, override)
     return validate_config(raw, source=str(path))
 
 
-def _read_config_text(path: str) -> str:
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """The mapping in a YAML file (``env:NAME``: in that environment variable); a
+    :class:`ConfigError` that names the file when it is missing, not YAML or not a mapping."""
+    text = _read_text(str(path), what)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _read_text(path: str, what: str) -> str:
     if path.startswith(ENV_PREFIX):
         name = path.removeprefix(ENV_PREFIX)
         if name not in os.environ:
-            raise ConfigError(f"config variable ${name} is not set")
+            raise ConfigError(f"{what} variable ${name} is not set")
         return os.environ[name]
     if not Path(path).is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     return Path(path).read_text()
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> DINetConfig:
+def validate(model: type[M], raw: dict[str, Any], source: str,
+             what: str = "configuration") -> M:
+    """``raw`` as ``model``, or a :class:`ConfigError` listing every bad field."""
     try:
-        return DINetConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid configuration\n{format_errors(exc)}") from None
+        raise ConfigError(f"{source}: invalid {what}\n{format_errors(exc)}") from None
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> DINetConfig:
+    return validate(DINetConfig, raw, source)
 
 
 def dump_config(config: DINetConfig) -> str:

@@ -13,10 +13,16 @@ import copy
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dinet_platform.config.loader import ConfigError, format_errors, load_config, set_field
+from dinet_platform.config.loader import (
+    ConfigError,
+    format_errors,
+    load_config,
+    read_yaml,
+    set_field,
+    validate,
+)
 from dinet_platform.config.schema import DINetConfig
 
 
@@ -111,15 +117,8 @@ def load_sweep_config(path: str | Path) -> tuple[SweepConfig, DINetConfig]:
     """The sweep config and its base training config (overrides applied), both validated,
     with every search-space entry checked against the base config."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        sweep = SweepConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid sweep configuration\n{format_errors(exc)}") from None
+    sweep = validate(SweepConfig, read_yaml(path, "sweep config"), str(path),
+                     "sweep configuration")
     base_path = Path(sweep.base_config)
     if not base_path.is_absolute() and not base_path.exists():
         base_path = path.parent / base_path

@@ -1,1 +1,1 @@
-"""Data: synthetic talking faces, preprocessing to Parquet shards, loaders, analysis."""
+"""Data: preparing videos into Parquet shards (Ray Data), loading them for training, analysis."""

@@ -26,15 +26,16 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from dinet_platform.data import shards as fmt
-from dinet_platform.data.crops import frame_radii, mouth_widths
-from dinet_platform.data.landmarks import (
+from dinet_platform.data.prepare import discover_inputs
+from dinet_platform.files import atomic_path
+from dinet_platform.media.crops import frame_radii, mouth_widths
+from dinet_platform.media.io import MediaError, probe_video
+from dinet_platform.media.landmarks import (
     LandmarkError,
     detected_landmarks,
     fill_invalid,
     read_openface_csv,
 )
-from dinet_platform.data.media import MediaError, probe_video
-from dinet_platform.data.prepare import discover_inputs
 
 DEFAULT_STAGES = (64, 96, 128, 160)
 STAGE_STEP = 32
@@ -224,10 +225,8 @@ def plot_histogram(
     ax.set_ylabel("frames")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
-    tmp = fmt.temp_path(target)
     try:
-        fig.savefig(tmp, format="png")
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)

@@ -35,7 +35,6 @@ from typing import Any
 
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data import shards as fmt
-from dinet_platform.data.audio_features import deepspeech_path
 from dinet_platform.data.process import (
     VIDEO_EXTENSIONS,
     PrepareSettings,
@@ -46,7 +45,9 @@ from dinet_platform.data.process import (
     process_video,
     video_id_for,
 )
+from dinet_platform.files import write_bytes
 from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.audio_features import deepspeech_path
 
 
 @dataclass
@@ -265,7 +266,7 @@ def prepare_dataset(
         manifest_file = out_dir / fmt.MANIFEST
         data = fmt.dump_json(manifest)
         if not manifest_file.is_file() or manifest_file.read_bytes() != data:
-            fmt.atomic_write_bytes(manifest_file, data)
+            write_bytes(manifest_file, data, fsync=True)
         _remove_stale(out_dir, manifest)
     return PrepareReport(
         out_dir=out_dir,

@@ -11,9 +11,7 @@ Plain Python (no Ray): the Ray Data pipeline in :mod:`.prepare` calls it once pe
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -26,26 +24,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dinet_platform.data import shards as fmt
-from dinet_platform.data.audio_features import (
+from dinet_platform.files import atomic_path
+from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.audio_features import (
     AudioFeatureError,
     hop_length,
     load_deepspeech,
     logmel_features,
 )
-from dinet_platform.data.crops import CropError, cut_crop, frame_radii, mouth_widths, plan_crops
-from dinet_platform.data.landmarks import (
-    MOUTH_POINTS,
-    LandmarkError,
-    video_landmarks,
-)
-from dinet_platform.data.media import (
+from dinet_platform.media.crops import CropError, cut_crop, frame_radii, mouth_widths, plan_crops
+from dinet_platform.media.io import (
     MediaError,
     iter_frames,
     probe_video,
     read_audio,
     resample_indices,
 )
-from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.landmarks import (
+    MOUTH_POINTS,
+    LandmarkError,
+    video_landmarks,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 PIPELINE_VERSION = 1
@@ -245,8 +244,6 @@ def _process(
     }
 
     final = out_dir / fmt.SHARD_DIR / f"{spec.video_id}.parquet"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fmt.temp_path(final)
     schema = fmt.row_schema(settings.feature_dim).with_metadata(
         {"dinet.video": fmt.dump_json({"video_id": spec.video_id, **info}).decode()}
     )
@@ -254,7 +251,7 @@ def _process(
     wanted: dict[int, list[int]] = {}
     for out_index, src in enumerate(source_index.tolist()):
         wanted.setdefault(src, []).append(out_index)
-    try:
+    with atomic_path(final, fsync=True) as tmp:
         with pq.ParquetWriter(
             tmp,
             schema,
@@ -295,12 +292,6 @@ def _process(
         written = pq.read_metadata(tmp).num_rows
         if written != num_frames:
             raise MediaError(f"decoded {written} frames on the second pass, expected {num_frames}")
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     result.shard = f"{fmt.SHARD_DIR}/{final.name}"
     result.sha256 = fmt.sha256_file(final)
     result.bytes = final.stat().st_size

@@ -45,11 +45,11 @@ import torch
 
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data import augment
-from dinet_platform.data.audio_features import audio_window
-from dinet_platform.data.crops import resize_crop
 from dinet_platform.data.process import decode_frame
 from dinet_platform.data.shards import load_manifest, manifest_path
 from dinet_platform.geometry import CropGeometry, crop_geometry, mouth_mask
+from dinet_platform.media.audio_features import audio_window
+from dinet_platform.media.crops import resize_crop
 
 SPLITS = ("train", "val", "all")
 

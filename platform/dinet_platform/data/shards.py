@@ -40,12 +40,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from dinet_platform.files import TMP_PREFIX, write_bytes
 
 FORMAT = "dinet-shards/1"
 MANIFEST = "manifest.json"
@@ -53,7 +53,6 @@ SHARD_DIR = "shards"
 STATE_DIR = "state"
 ROW_GROUP_FRAMES = 32
 MOUTH_POINT_COUNT = 20
-TMP_PREFIX = ".tmp-"
 
 
 class ShardError(Exception):
@@ -78,32 +77,12 @@ def row_schema(feature_dim: int) -> pa.Schema:
     )
 
 
-def temp_path(final: Path) -> Path:
-    """A unique temporary name next to ``final`` (same filesystem, so rename is atomic)."""
-    return final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def dump_json(data: Any) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, dump_json(data))
+    write_bytes(path, dump_json(data), fsync=True)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

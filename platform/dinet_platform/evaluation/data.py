@@ -21,6 +21,7 @@ import torch
 from dinet_platform.data.samples import ShardReader, select_videos
 from dinet_platform.data.shards import ShardError, load_manifest, manifest_path
 from dinet_platform.geometry import crop_geometry
+from dinet_platform.runtime.avatar import spread_references
 
 INNER_TOP, INNER_BOTTOM = 14, 18
 """Indices of iBUG points 62 and 66 (inner lips, centre) in the 20 mouth points 48..67."""
@@ -59,11 +60,6 @@ class Video:
 
     def float_frames(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return self.frames[start:stop].float().div_(255.0)
-
-
-def spread_references(num_frames: int, count: int) -> np.ndarray:
-    """``count`` frame indices spread evenly over the video (the avatar's reference set)."""
-    return ((np.arange(count) + 0.5) * num_frames / count).astype(np.int64).clip(0, num_frames - 1)
 
 
 class VideoSet:

@@ -29,19 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dinet_platform.audio_contract import (
-    AudioContractError,
-    AudioFeatureSpec,
-    check_features,
-    checkpoint_features,
-    is_public_dinet,
-    public_dinet_config,
-)
+from dinet_platform.audio_contract import AudioFeatureSpec, check_features
 from dinet_platform.config.schema import DINetConfig, EvaluationConfig
 from dinet_platform.data import augment
-from dinet_platform.data.audio_features import audio_window
 from dinet_platform.evaluation.data import Video, VideoSet
-from dinet_platform.evaluation.metrics import (
+from dinet_platform.evaluation.sync_expert import mouth_crops, sync_scores
+from dinet_platform.evaluation.video_metrics import (
     LipReader,
     VideoMetrics,
     image_sums,
@@ -50,12 +43,11 @@ from dinet_platform.evaluation.metrics import (
     temporal_sums,
     true_opening,
 )
-from dinet_platform.evaluation.sync_expert import mouth_crops, sync_scores
 from dinet_platform.geometry import crop_geometry, mouth_mask
-from dinet_platform.models import build_generator, load_generator_weights, read_state_dict
+from dinet_platform.media.audio_features import audio_window
+from dinet_platform.models.checkpoints import load_generator
+from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.models.syncnet import SyncNet
-from dinet_platform.training.checkpoint import is_platform_checkpoint, load_checkpoint
-from dinet_platform.training.objective import ClipGenerator
 
 GROUND_TRUTH = "ground_truth"
 PASTE_REFERENCE = "paste_reference"
@@ -82,46 +74,19 @@ class EvalModel:
 
 def load_model(name: str, path: str | Path, source: str,
                fallback: DINetConfig | None = None) -> EvalModel:
-    """A platform checkpoint (directory or ``checkpoint.pt``), or a bare generator file.
-
-    A public DINet generator (recognised by its parameter layout) is built as DINet at full
-    width taking DeepSpeech features (:func:`~dinet_platform.audio_contract.public_dinet_config`)
-    with ``fallback``'s stages: at its last stage's mouth size. Another bare state dict is built
-    with ``fallback``'s model. The audio features the model needs are checked against the
-    checkpoint's record and come with the model (``features``)."""
-    try:
-        if is_platform_checkpoint(path):
-            state = load_checkpoint(path)
-            config = DINetConfig.model_validate(state["config"])
-            mouth_size = int(state["mouth_size"])
-            weights = state["generator"]
-            features = checkpoint_features(state, source)
-        else:
-            weights = read_state_dict(path)
-            if is_public_dinet(weights):
-                config = public_dinet_config(fallback)
-                features = AudioFeatureSpec.public_dinet()
-            elif fallback is None:
-                raise ValueError("it is not a platform checkpoint and no config was given")
-            else:
-                config = fallback
-                features = AudioFeatureSpec.from_data(config.data)
-            mouth_size = config.stages[-1].mouth_size
-        generator = build_generator(config.model)
-        load_generator_weights(generator, weights)
-    except AudioContractError:
-        raise
-    except (ValueError, RuntimeError, KeyError, FileNotFoundError) as exc:
-        raise ValueError(f"model {source!r} cannot be loaded: {exc}") from None
+    """The generator at ``path`` (:func:`~dinet_platform.models.checkpoints.load_generator`:
+    a platform checkpoint, a public DINet file, or a bare state dict with ``fallback``'s
+    config) as evaluation entry ``name``."""
+    loaded = load_generator(path, source, fallback)
     return EvalModel(
         name=name,
-        generator=generator.eval(),
-        mouth_size=mouth_size,
-        audio_window=config.data.audio_window,
-        audio_channels=config.model.audio_channels,
+        generator=loaded.generator,
+        mouth_size=loaded.mouth_size,
+        audio_window=loaded.config.data.audio_window,
+        audio_channels=loaded.config.model.audio_channels,
         source=source,
-        features=features,
-        config=config,
+        features=loaded.features,
+        config=loaded.config,
     )
 
 

@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,9 +38,6 @@ from dinet_platform.evaluation.data import Video
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.models import build_syncnet, sync_loss
 from dinet_platform.models.syncnet import SyncNet
-from dinet_platform.models.weights import SYNCNET_FILE, load_syncnet
-
-FORMAT = "dinet-platform/syncnet/v1"
 
 
 def audio_track(features: torch.Tensor, start: int, frames: int) -> torch.Tensor:
@@ -117,49 +113,6 @@ def sync_scores(
         lse_c=float(np.median(values) - values[best]),
         windows=len(starts),
     )
-
-
-# --------------------------------------------------------------------------- persistence
-
-
-def save_sync_expert(
-    directory: str | Path,
-    expert: SyncNet,
-    model: ModelConfig,
-    metrics: dict[str, float] | None = None,
-) -> Path:
-    """Write ``directory/syncnet.pt``: weights plus the shape settings needed to rebuild it
-    (plain tensors and numbers, read with ``torch.load(weights_only=True)``)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "state_dict": expert.state_dict(),
-        "frames": expert.frames,
-        "syncnet_width": model.syncnet_width,
-        "audio_channels": model.audio_channels,
-        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-    }
-    tmp = directory / f".{SYNCNET_FILE}.tmp"
-    torch.save(payload, tmp)
-    tmp.replace(directory / SYNCNET_FILE)
-    return directory / SYNCNET_FILE
-
-
-def load_sync_expert(path: str | Path, model: ModelConfig, frames: int) -> SyncNet:
-    """A frozen expert from ``path``; a file written by :func:`save_sync_expert` says its own
-    shape, otherwise ``model`` (``syncnet_width``, ``audio_channels``) and ``frames`` do."""
-    path = Path(path)
-    file = path / SYNCNET_FILE if path.is_dir() else path
-    if file.is_file():
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and state.get("format") == FORMAT:
-            model = model.model_copy(update={
-                "syncnet_width": float(state["syncnet_width"]),
-                "audio_channels": int(state["audio_channels"]),
-            })
-            frames = int(state["frames"])
-    return load_syncnet(path, model, frames)
 
 
 # --------------------------------------------------------------------------- training
@@ -335,14 +288,11 @@ def train_sync_expert(
 
 
 __all__ = [
-    "FORMAT",
     "SyncScores",
     "SyncTrainingResult",
     "audio_track",
-    "load_sync_expert",
     "mouth_crops",
     "pair_accuracy",
-    "save_sync_expert",
     "sync_scores",
     "train_sync_expert",
 ]

@@ -120,7 +120,7 @@ class DINet(nn.Module):
     def encode_reference(
         self, ref_img: torch.Tensor, attention_maps: dict | None = None
     ) -> ReferenceFeatures:
-        ref_in_feature = self.ref_in_conv(_pad_to_multiple_of_4(ref_img))
+        ref_in_feature = self.ref_in_conv(pad_to_multiple_of_4(ref_img))
         ref_in_feature = self._attend("reference", ref_in_feature, attention_maps)
         return ReferenceFeatures(ref_in_feature, self.appearance_conv_list[0](ref_in_feature))
 
@@ -133,7 +133,7 @@ class DINet(nn.Module):
     ) -> torch.Tensor:
         height, width = source_img.shape[-2:]
         reference = reference.expand(source_img.shape[0])
-        source_in_feature = self.source_in_conv(_pad_to_multiple_of_4(source_img))
+        source_in_feature = self.source_in_conv(pad_to_multiple_of_4(source_img))
         source_in_feature = self._attend("source", source_in_feature, attention_maps)
         img_para = self.trans_conv(torch.cat([source_in_feature, reference.ref_in_feature], 1))
         img_para = self.global_avg2d(img_para).flatten(1)
@@ -155,7 +155,7 @@ class DINet(nn.Module):
         return self.generate(source_img, audio_feature, self.encode_reference(ref_img))
 
 
-def _pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
+def pad_to_multiple_of_4(x: torch.Tensor) -> torch.Tensor:
     """The encoder halves twice and the decoder doubles twice; crops whose sides are not
     multiples of 4 (mouth sizes that are not multiples of 32) are padded, and the output is
     cropped back."""

@@ -16,13 +16,11 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from dinet_platform.config import DINetConfig
-from dinet_platform.evaluation.job import git_commit, who
 from dinet_platform.metrics import PSNR_CAP_DB
-from dinet_platform.registry.store import (
+from dinet_platform.registry.versions import (
     SOURCE_RUN_TAG,
     all_versions,
-    ensure_registered_model,
-    registry_stamp,
+    register_version,
     require_version,
     tag_text,
 )
@@ -101,13 +99,9 @@ def register_optimized(
         f"{OPTIMIZATION_PREFIX}key": identity,
         SOURCE_RUN_TAG: run_id,
         "dinet.mouth_size": str(mouth_size),
-        "dinet.git_commit": git_commit(),
-        "dinet.registered_by": who(),
-        "dinet.registered_at": registry_stamp(),
     }
-    ensure_registered_model(client, name)
-    version = client.create_model_version(
-        name, f"runs:/{run_id}/{OPTIMIZED_ARTIFACT}", run_id=run_id, tags=tags,
+    number = register_version(
+        client, name, f"runs:/{run_id}/{OPTIMIZED_ARTIFACT}", run_id, tags, alias=None,
         description=f"{mode} optimization of {source} (mouth {mouth_size}, PSNR vs fp32 "
                     f"{psnr_text} dB); loads with torch alone")
-    return OptimizedRegistration(name, int(version.version), run_id)
+    return OptimizedRegistration(name, number, run_id)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from dinet_platform.audio_contract import AudioFeatureSpec, missing_features
-from dinet_platform.data.audio_features import audio_window, logmel_features
+from dinet_platform.media.audio_features import audio_window, logmel_features
 
 
 class ApiError(Exception):

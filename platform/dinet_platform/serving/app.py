@@ -1,7 +1,7 @@
 """The HTTP API (FastAPI; OpenAPI at ``/docs``), served by the Serve ingress deployment.
 
 Routes talk to the model deployment through ``state.model``, a Serve handle with the
-methods of ``serve_deployments.lipsync.LipSyncModel`` (``info``, ``reload``, ``frames``).
+methods of ``deployment.LipSyncModel`` (``info``, ``reload``, ``frames``).
 Every ``/v1`` route requires the bearer token; request bodies over
 ``serving.max_request_bytes`` are refused with 413 before they are read in full; a full model
 queue (Serve's ``max_queued_requests``) answers 503 with ``Retry-After``.
@@ -26,14 +26,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dinet_platform.config.schema import DataConfig
-from dinet_platform.data.media import MediaError, decode_image
-from dinet_platform.inference.avatar import Avatar, AvatarError
-from dinet_platform.inference.dub import DubError, load_speech
+from dinet_platform.media.io import MediaError, decode_image
+from dinet_platform.runtime.avatar import Avatar, AvatarError
+from dinet_platform.runtime.dub import DubError, load_speech
 from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid
 from dinet_platform.serving.auth import check_bearer
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
-from dinet_platform.serving.jobs import JobNotFound, JobStore
+from dinet_platform.serving.dub_jobs import JobNotFound, JobStore
 from dinet_platform.serving.settings import ServeAppConfig
 from dinet_platform.serving.uploads import (
     frames_request,

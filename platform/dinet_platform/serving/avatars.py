@@ -1,6 +1,6 @@
 """Avatars: stored once on disk, held with their encoded reference features per replica.
 
-An avatar is :class:`dinet_platform.inference.avatar.Avatar` (a face video prepared for a
+An avatar is :class:`dinet_platform.runtime.avatar.Avatar` (a face video prepared for a
 model's mouth size: crop track, five references, masked sources, paste-back), stored under
 the avatar directory as ``<id>/`` with :meth:`Avatar.save`. Ids are minted here (32 hex
 characters) and every lookup checks that form and that the resolved path stays inside the
@@ -21,8 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinet_platform.inference.avatar import META_FILE, Avatar, remove_avatar
-from dinet_platform.inference.engine import AvatarFeatures
+from dinet_platform.runtime.avatar import META_FILE, Avatar, remove_avatar
+from dinet_platform.runtime.engine import AvatarFeatures
 
 AVATAR_ID = re.compile(r"^[0-9a-f]{32}$")
 

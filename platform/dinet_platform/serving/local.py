@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dinet_platform.paths import PROJECT_ROOT
 from dinet_platform.serving.settings import APP_NAME, ServeAppConfig
 
 
@@ -16,9 +14,7 @@ def serve_app(settings: ServeAppConfig) -> Iterator[str]:
     yield its URL; Serve is shut down on exit, also on errors and Ctrl-C."""
     from ray import serve
 
-    if str(PROJECT_ROOT) not in sys.path:  # serve_deployments/ lives at the repository root
-        sys.path.insert(0, str(PROJECT_ROOT))
-    from serve_deployments.lipsync import build_app
+    from dinet_platform.serving.deployment import build_app
 
     serving = settings.serving
     serve.start(http_options={"host": serving.host, "port": serving.port})

@@ -1,7 +1,7 @@
 """The model side of a serving replica: load the registry alias through the inference
 toolkit, swap it in without failing requests, and generate frames for a batch of callers.
 
-Plain PyTorch + MLflow, no Ray: the Serve deployment (``serve_deployments/lipsync.py``) owns
+Plain PyTorch + MLflow, no Ray: the Serve deployment (``serving/deployment.py``) owns
 one :class:`ModelServer` and calls it from its batched method.
 
 Precision -> inference mode (``load_engine``): ``int8`` is the folded generation-only model
@@ -25,12 +25,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from dinet_platform.config.schema import ServingConfig
-from dinet_platform.inference.engine import AvatarFeatures, InferenceEngine
-from dinet_platform.inference.loading import ModelInfo, load_engine
-from dinet_platform.inference.modes import OptimizeOptions
-from dinet_platform.registry.store import alias_holder
+from dinet_platform.optimize.modes import OptimizeOptions
+from dinet_platform.registry.loading import load_engine
+from dinet_platform.registry.versions import alias_holder
+from dinet_platform.runtime.engine import AvatarFeatures, InferenceEngine, ModelInfo
 from dinet_platform.serving.avatars import AvatarCache, AvatarStore, CachedAvatar
-from dinet_platform.serving.jobs import JobStore
+from dinet_platform.serving.dub_jobs import JobStore
 
 
 def serving_options(serving: ServingConfig) -> OptimizeOptions:
@@ -252,7 +252,7 @@ class ModelServer:
     def dub(self, jobs: JobStore, job_id: str) -> dict[str, Any]:
         """Render dub job ``job_id`` (see :mod:`.jobs`) with the served model; the outcome is
         written to the job's status (and returned)."""
-        from dinet_platform.inference.dub import dub_video
+        from dinet_platform.runtime.dub import dub_video
 
         model = self.model
         if model is None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from dinet_platform.config.loader import ConfigError, format_errors
+from dinet_platform.config.loader import ConfigError, read_yaml, set_field, validate
 from dinet_platform.config.schema import ServingConfig, Strict, TrackingConfig
 from dinet_platform.paths import dinet_home
 
@@ -28,29 +27,22 @@ class ServeAppConfig(Strict):
 
 
 def validate_args(args: dict[str, Any] | None, source: str = "serve args") -> ServeAppConfig:
-    try:
-        return ServeAppConfig.model_validate(args or {})
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid serve settings\n{format_errors(exc)}") from None
+    return validate(ServeAppConfig, args or {}, source, "serve settings")
 
 
 def load_serve_config(path: str | Path, overrides: dict[str, Any] | None = None
                       ) -> ServeAppConfig:
-    """The settings of the ``dinet`` application in a Ray Serve config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"serve config not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    apps = doc.get("applications") if isinstance(doc, dict) else None
+    """The settings of the ``dinet`` application in a Ray Serve config file; ``overrides``
+    (``{"serving": {"port": 8001}}``, from command-line flags) replace single fields."""
+    doc = read_yaml(path, "serve config")
+    apps = doc.get("applications")
     if not isinstance(apps, list) or not apps:
         raise ConfigError(f"{path}: a Ray Serve config needs an 'applications' list")
     app = next((a for a in apps if isinstance(a, dict) and a.get("name") == APP_NAME), apps[0])
     args = dict(app.get("args") or {})
     for section, values in (overrides or {}).items():
-        args[section] = {**(args.get(section) or {}), **values}
+        for key, value in values.items():
+            set_field(args, f"{section}.{key}", value)
     return validate_args(args, source=str(path))
 
 

@@ -32,14 +32,14 @@ from dinet_platform.models import (
     build_syncnet,
     load_generator_weights,
 )
-from dinet_platform.models.syncnet import SyncNet
-from dinet_platform.training.checkpoint import (
+from dinet_platform.models.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from dinet_platform.models.clip import ClipGenerator
+from dinet_platform.models.syncnet import SyncNet
 from dinet_platform.training.images import attention_grid, sample_grid, write_png
 from dinet_platform.training.objective import (
-    ClipGenerator,
     StageObjective,
     autocast_dtype,
     make_optimizers,

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.data.shards import ShardError, load_manifest
+from dinet_platform.paths import shards_path
 from dinet_platform.ray_runtime import ray_session
 from dinet_platform.tracking import (
     CHECKPOINT_ARTIFACT,
@@ -46,7 +47,6 @@ from dinet_platform.training.schedule import previous_stage, select_stages
 from dinet_platform.training.stage import (
     StageOutcome,
     check_stage_inputs,
-    default_shards,
     run_stage,
     start_stage_run,
 )
@@ -82,7 +82,7 @@ def run_pipeline(
 ) -> PipelineResult:
     console = console or Console()
     stages = select_stages(config, from_stage, to_stage)
-    shards = Path(shards) if shards else default_shards(config)
+    shards = Path(shards) if shards else shards_path(config.data.shards)
     try:
         data_hash = load_manifest(shards)["content_hash"]
     except ShardError as exc:

@@ -14,8 +14,8 @@ from rich.table import Table
 from dinet_platform.config import DINetConfig
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.models import build_discriminators, build_generator, count_parameters
+from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.training.objective import (
-    ClipGenerator,
     StageObjective,
     example_batch,
     make_optimizers,

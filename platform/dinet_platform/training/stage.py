@@ -20,14 +20,11 @@ from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
 
 from dinet_platform.audio_contract import (
-    PUBLIC_DINET_ORIGIN,
     RETRAIN_FLAG,
     RETRAIN_KEY,
     AudioFeatureSpec,
     check_features,
     checkpoint_features,
-    fresh_audio_path,
-    is_public_dinet,
 )
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.data.dataset import build_dataset
@@ -38,8 +35,15 @@ from dinet_platform.models import (
     load_generator_weights,
     read_state_dict,
 )
+from dinet_platform.models.checkpoints import is_platform_checkpoint, load_checkpoint
+from dinet_platform.models.public_dinet import (
+    PUBLIC_DINET_ORIGIN,
+    fresh_audio_path,
+    is_public_dinet,
+)
 from dinet_platform.models.weights import load_syncnet
-from dinet_platform.paths import dinet_home, ray_storage_path
+from dinet_platform.paths import ray_storage_path, shards_path
+from dinet_platform.registry.refs import resolve
 from dinet_platform.tracking import (
     CHECKPOINT_ARTIFACT,
     KIND_TAG,
@@ -48,9 +52,7 @@ from dinet_platform.tracking import (
     STAGE_TAG,
     experiment_id,
     get_run,
-    resolve_checkpoint,
 )
-from dinet_platform.training.checkpoint import is_platform_checkpoint, load_checkpoint
 from dinet_platform.training.loop import train_loop_per_worker
 from dinet_platform.training.schedule import stage_index, stage_loss_weights
 
@@ -78,10 +80,6 @@ class StageInputs:
     """The sync expert's state_dict."""
 
 
-def default_shards(config: DINetConfig) -> Path:
-    return Path(config.data.shards) if config.data.shards else dinet_home() / "data" / "shards"
-
-
 def check_stage_inputs(
     config: DINetConfig,
     mouth_size: int,
@@ -91,7 +89,7 @@ def check_stage_inputs(
 ) -> StageInputs:
     """Fail fast, on the driver, with the reason: nothing has started yet."""
     stage_index(config, mouth_size)
-    shards = Path(shards) if shards else default_shards(config)
+    shards = Path(shards) if shards else shards_path(config.data.shards)
     try:
         manifest = load_manifest(shards)
     except ShardError as exc:
@@ -103,10 +101,10 @@ def check_stage_inputs(
                 f"training data {shards} has no {split!r} videos (validation needs held-out "
                 "videos): prepare more videos or change data.val_fraction"
             )
-    init_state = _init_state(config, resolve_checkpoint(init_from, client)) if init_from else None
+    init_state = _init_state(config, resolve(init_from, client).path) if init_from else None
     sync = None
     if config.loss.sync_expert:  # the sync loss (when weighted) and the val_sync metric
-        path = resolve_checkpoint(config.loss.sync_expert, client)
+        path = resolve(config.loss.sync_expert, client).path
         sync = load_syncnet(path, config.model, frames=config.data.clip_len).state_dict()
     return StageInputs(shards=shards, init_state=init_state, sync_expert=sync)
 

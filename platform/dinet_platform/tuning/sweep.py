@@ -36,16 +36,15 @@ from rich.console import Console
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.config.sweep import Distribution, SweepConfig, trial_config
 from dinet_platform.data.shards import load_manifest
-from dinet_platform.paths import dinet_home, ray_storage_path
+from dinet_platform.paths import dinet_home, ray_storage_path, shards_path
 from dinet_platform.ray_runtime import ray_session
 from dinet_platform.tracking import KIND_TAG, PARENT_TAG, experiment_id, find_runs
 from dinet_platform.training.stage import (
     StageInputs,
     check_stage_inputs,
-    default_shards,
     make_trainer,
 )
-from dinet_platform.tuning.report import METRIC, SweepReport, summarize
+from dinet_platform.tuning.results import METRIC, SweepReport, summarize
 
 SWEEP_TAG = "dinet.sweep_key"
 
@@ -105,7 +104,7 @@ def run_sweep(
     console: Console | None = None,
 ) -> SweepResult:
     console = console or Console()
-    shards = default_shards(base)
+    shards = shards_path(base.data.shards)
     inputs = check_stage_inputs(base, sweep.stage, client, sweep.init_from, shards)
     key = sweep_key(sweep, base, load_manifest(shards)["content_hash"])
     experiment = experiment_id(client, base.tracking.experiment)
