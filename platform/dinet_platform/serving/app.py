@@ -14,6 +14,7 @@ import io
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from dinet_platform.serving.api import ApiError, invalid
 from dinet_platform.serving.auth import check_bearer
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
 from dinet_platform.serving.dub_jobs import JobNotFound, JobStore
+from dinet_platform.serving.model import GeneratedFrames, Refusal
 from dinet_platform.serving.settings import ServeAppConfig
 from dinet_platform.serving.uploads import (
     frames_request,
@@ -53,27 +55,50 @@ class AppState:
     jobs: JobStore
     _info: dict[str, Any] | None = None
     _info_at: float = 0.0
-    model_transport: str | None = None  # how calls reach the model replicas (see ``call``)
+    model_transport: str | None = None  # how calls reach the model replicas (see ``_call``)
 
     tasks: set[asyncio.Task] = field(default_factory=set)
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """A model deployment method; a full model queue becomes 503 + Retry-After."""
+    async def _call(self, request: Callable[[], Any]) -> Any:
+        """Await one call of the model deployment (``request`` makes it); a full model queue
+        becomes 503 + Retry-After."""
         try:
-            response = getattr(self.model, method).remote(*args)
+            response = request()
             # gRPC in Serve's throughput mode; a Ray actor call sends replies over 100 KB
             # through the object store, which cost the live route ~20 % on 2 cores
             self.model_transport = "ray actor call" if response.by_reference else "grpc"
             return await response
         except BackPressureError:
             raise ApiError(503, "server", "overloaded: the model queue is full, retry shortly",
-                           {"Retry-After": str(self.settings.serving.retry_after_s)}) from None
+                           {"Retry-After": self.retry_after}) from None
+
+    @property
+    def retry_after(self) -> str:
+        return str(self.settings.serving.retry_after_s)
 
     async def model_info(self, fresh: bool = False) -> dict[str, Any]:
         if fresh or self._info is None or time.monotonic() - self._info_at > INFO_TTL_S:
-            self._info = await self.call("info")
+            self._info = await self._call(lambda: self.model.info.remote())
             self._info_at = time.monotonic()
         return self._info
+
+    async def reload(self) -> dict[str, Any]:
+        result = await self._call(lambda: self.model.reload.remote())
+        self._info = None
+        return result
+
+    async def frames(self, avatar_id: str, start: int, windows: np.ndarray,
+                     paste: bool) -> GeneratedFrames:
+        """One window through the replica's batching queue; a refusal becomes its error."""
+        result = await self._call(
+            lambda: self.model.frames.remote(avatar_id, start, windows, paste))
+        if isinstance(result, Refusal):
+            raise ApiError(result.status, result.field, result.message,
+                           {"Retry-After": self.retry_after} if result.status == 503 else None)
+        return result
+
+    async def dub(self, job_id: str) -> None:
+        await self._call(lambda: self.model.dub.remote(job_id))
 
     async def served(self) -> dict[str, Any]:
         """The served model's contract, or 503 while none is loaded."""
@@ -83,7 +108,7 @@ class AppState:
         if not info["ready"]:
             raise ApiError(503, "model", "no model loaded yet: " + (info.get("error") or
                                                                      "loading"),
-                           {"Retry-After": str(self.settings.serving.retry_after_s)})
+                           {"Retry-After": self.retry_after})
         return info["model"]
 
 
@@ -167,10 +192,7 @@ def create_app() -> FastAPI:
     async def reload(request: Request) -> dict[str, Any]:
         """Re-resolve the alias and swap the model if it moved (in-flight requests finish on
         the old one)."""
-        st = state(request)
-        result = await st.call("reload")
-        st._info = None
-        return result
+        return await state(request).reload()
 
     @app.post("/v1/avatars", status_code=201)
     async def create_avatar(request: Request) -> dict[str, Any]:
@@ -275,14 +297,9 @@ def create_app() -> FastAPI:
             raise ApiError(413, "features" if "features" in doc else "audio_wav",
                            f"{len(features)} frames in one request; the limit is {limit}")
         windows = api.audio_windows(features, model["audio"]["window"])
-        result = await st.call("frames", avatar_id, start, windows, what == "frames")
-        if "error" in result:
-            error = result["error"]
-            raise ApiError(error["status"], error["field"], error["message"],
-                           {"Retry-After": str(st.settings.serving.retry_after_s)}
-                           if error["status"] == 503 else None)
-        faces: np.ndarray = result["frames"]
-        meta = {"model_version": result["version"], "batch_size": result["batch_size"],
+        result = await st.frames(avatar_id, start, windows, paste=what == "frames")
+        faces = result.frames
+        meta = {"model_version": result.version, "batch_size": result.batch_size,
                 "start": start, "count": len(faces)}
         if output == "npy":
             buffer = io.BytesIO()
@@ -352,7 +369,7 @@ def create_app() -> FastAPI:
 
 async def run_dub(st: AppState, job_id: str) -> None:
     try:
-        await st.call("dub", job_id)
+        await st.dub(job_id)
     except ApiError as exc:  # the model queue was full
         st.jobs.set_status(job_id, "failed", error=exc.message)
     except Exception as exc:  # the replica died: say so instead of "queued" forever

@@ -26,7 +26,7 @@ from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
 from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.dub_jobs import JobStore
-from dinet_platform.serving.model import FrameJob, ModelServer
+from dinet_platform.serving.model import FrameJob, GeneratedFrames, ModelServer, Refusal
 from dinet_platform.serving.settings import (
     ServeAppConfig,
     avatar_dir,
@@ -98,32 +98,27 @@ class LipSyncModel:
         pass  # an unloaded model is reported by readiness (/readyz), not fatal to the replica
 
     async def frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False
-                     ) -> dict[str, Any]:
+                     ) -> GeneratedFrames | Refusal:
         model = self.server.model
         if model is None:
-            return _error(503, "model", f"no model loaded yet ({self.error or 'loading'})")
+            return Refusal(503, "model", f"no model loaded yet ({self.error or 'loading'})")
         expected = (model.info.config.model.audio_channels, model.info.audio_window)
         if audio.shape[1:] != expected:
-            return _error(422, "features", f"audio windows of shape {expected} expected by "
-                                           f"version {model.version}, got {audio.shape[1:]}")
+            return Refusal(422, "features", f"audio windows of shape {expected} expected by "
+                                            f"version {model.version}, got {audio.shape[1:]}")
         try:  # load and check the avatar here, so one bad caller never fails a whole batch
             if not self.server.has_avatar(model, avatar_id):  # a hit needs no thread hop
                 await asyncio.to_thread(self.server.avatar, model, avatar_id)
             return await self.batches.submit(FrameJob(avatar_id, start,
                                                       audio.astype(np.float32), paste))
         except AvatarNotFound as exc:
-            return _error(404, "avatar_id", str(exc))
+            return Refusal(404, "avatar_id", str(exc))
         except ValueError as exc:  # unreadable, or made for another mouth size
-            return _error(422, "avatar_id", str(exc))
+            return Refusal(422, "avatar_id", str(exc))
 
-    def _generate(self, jobs: list[FrameJob]) -> list[dict[str, Any]]:
+    def _generate(self, jobs: list[FrameJob]) -> list[GeneratedFrames]:
         outputs, model = self.server.generate(jobs)  # in the batch queue's worker thread
-        return [{"frames": out, "version": model.version, "batch_size": len(jobs)}
-                for out in outputs]
-
-
-def _error(status: int, field: str, message: str) -> dict[str, Any]:
-    return {"error": {"status": status, "field": field, "message": message}}
+        return [GeneratedFrames(out, model.version, len(jobs)) for out in outputs]
 
 
 @serve.deployment

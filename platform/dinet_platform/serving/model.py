@@ -118,6 +118,24 @@ class FrameJob:
     paste: bool = False
 
 
+@dataclass
+class GeneratedFrames:
+    """A window's frames from one batched forward."""
+
+    frames: np.ndarray
+    version: int | None
+    batch_size: int
+
+
+@dataclass
+class Refusal:
+    """Why a replica did not run a window (the ingress answers it with ``status``)."""
+
+    status: int
+    field: str
+    message: str
+
+
 class ModelServer:
     """Holds the served model; :meth:`ensure_current` loads a new one beside the old and swaps
     the reference only once it is ready, so requests in flight finish on the model they
