@@ -37,7 +37,8 @@ import cv2
 import numpy as np
 from common import markdown_table, write_json
 from dinet_platform.media.audio_features import logmel_features
-from dinet_platform.media.landmarks import LandmarkError, dlib_face, face_detector_name
+from dinet_platform.media.landmarks import dlib_face, face_detector_name
+from dinet_platform.media.openface import LandmarkError
 from dinet_platform.registry.loading import load_engine
 from dinet_platform.runtime.avatar import Avatar
 from dinet_platform.runtime.dub import render_frames

@@ -16,20 +16,25 @@ import cv2
 import numpy as np
 import pytest
 from dinet_platform.media import landmarks as lm
+from dinet_platform.media.face_fallback import landmarks_from_box
 from dinet_platform.media.io import probe_video, write_lossless_video
 from dinet_platform.media.landmarks import (
-    NO_FACE,
-    SEVERAL_FACES,
-    FaceRefused,
-    LandmarkError,
     detect_face,
     detect_face_box,
     dlib_face,
     face_detector_name,
-    landmarks_from_box,
     video_landmarks,
 )
+from dinet_platform.media.openface import (
+    NO_FACE,
+    SEVERAL_FACES,
+    FaceRefused,
+    LandmarkError,
+    read_openface_csv,
+)
 from dinet_platform.synth.videos import synthesize_video
+
+pytestmark = pytest.mark.unit
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -204,7 +209,7 @@ def test_fallback_finds_the_lips_of_a_synthetic_face(fallback, tmp_path: Path):
     """Lips alone refuse every real photo above; on the synthetic faces (red lips, plain skin)
     both fallbacks find them: the mouth centre within 10 % of the face width of the truth."""
     clip = synthesize_video(tmp_path, "face", 0.2, seed=3, size=160)
-    truth = lm.read_openface_csv(clip.landmarks).points
+    truth = read_openface_csv(clip.landmarks).points
     marks = video_landmarks(probe_video(clip.video), None, smooth_frames=3, min_coverage=0.8)
     assert marks.source == fallback
     width = truth[:, 16, 0] - truth[:, 0, 0]

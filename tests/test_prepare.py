@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.data import shards as fmt
 from dinet_platform.data.prepare import prepare_dataset, split_videos
@@ -22,7 +23,7 @@ from dinet_platform.data.process import decode_frame
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.media.audio_features import logmel_features
 from dinet_platform.media.io import resample_indices
-from dinet_platform.media.landmarks import read_openface_csv
+from dinet_platform.media.openface import read_openface_csv
 from dinet_platform.synth.videos import synthesize_video
 
 SYNTH_VIDEOS, SYNTH_SECONDS = 4, 1.6  # as made by conftest.synth_dir
@@ -79,6 +80,7 @@ def _flat_video(path: Path, seconds: float = 1.0, size: int = 160) -> None:
         out.mux(sound.encode(None))
 
 
+@pytest.mark.ray
 def test_round_trip_with_ray(ray_local, synth_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
     report = prepare_dataset(synth_dir, out, mouth_size=160)
@@ -117,6 +119,7 @@ def test_round_trip_with_ray(ray_local, synth_dir: Path, tmp_path: Path) -> None
     assert (out / fmt.MANIFEST).read_bytes() == before
 
 
+@pytest.mark.ray
 def test_bad_inputs_are_skipped_with_reasons(ray_local, synth_dir: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -145,6 +148,7 @@ def test_bad_inputs_are_skipped_with_reasons(ray_local, synth_dir: Path, tmp_pat
     assert shards == ["good_0.parquet", "good_1.parquet"]
 
 
+@pytest.mark.unit
 def test_interrupted_run_resumes_to_identical_result(synth_dir: Path, tmp_path: Path) -> None:
     clean = prepare_dataset(synth_dir, tmp_path / "clean", mouth_size=64, use_ray=False)
 
@@ -180,6 +184,7 @@ def test_interrupted_run_resumes_to_identical_result(synth_dir: Path, tmp_path: 
         assert resumed.reused and resumed.processed
 
 
+@pytest.mark.unit
 def test_changed_input_or_settings_reprocess_only_what_changed(
     synth_dir: Path, tmp_path: Path
 ) -> None:
@@ -201,6 +206,7 @@ def test_changed_input_or_settings_reprocess_only_what_changed(
     assert len(fourth.processed) == SYNTH_VIDEOS - 1
 
 
+@pytest.mark.unit
 def test_other_frame_rates_are_resampled_to_25(tmp_path: Path) -> None:
     clip = synthesize_video(
         tmp_path / "in", "thirty", 1.0, seed=5, size=160, fps=30, sample_rate=48000
@@ -211,6 +217,7 @@ def test_other_frame_rates_are_resampled_to_25(tmp_path: Path) -> None:
     assert video["num_frames"] == 25
 
 
+@pytest.mark.unit
 def test_resample_indices() -> None:
     same = resample_indices(np.arange(10) / 25, 25)
     assert same.tolist() == list(range(10))
@@ -218,6 +225,7 @@ def test_resample_indices() -> None:
     assert len(thirty) == 25 and thirty[0] == 0 and np.all(np.diff(thirty) >= 1)
 
 
+@pytest.mark.unit
 def test_split_is_deterministic_and_by_video() -> None:
     ids = [f"v{i}" for i in range(10)]
     split = split_videos(ids, 0.2)
@@ -227,6 +235,7 @@ def test_split_is_deterministic_and_by_video() -> None:
     assert sum(s == "val" for s in split_videos(ids[:3], 0.01).values()) == 1
 
 
+@pytest.mark.unit
 def test_deepspeech_features_are_used_when_configured(synth_dir: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -246,6 +255,7 @@ def test_deepspeech_features_are_used_when_configured(synth_dir: Path, tmp_path:
     assert skip["video_id"] == "without" and "_deepspeech.npy" in skip["reason"]
 
 
+@pytest.mark.unit
 def test_logmel_has_one_vector_per_frame_aligned_to_the_frame() -> None:
     rate, fps, frames = 16000, 25, 20
     audio = np.zeros(rate * frames // fps, np.float32)
@@ -258,6 +268,7 @@ def test_logmel_has_one_vector_per_frame_aligned_to_the_frame() -> None:
     assert logmel_features(audio[:100], frames).shape == (frames, 29)  # short audio: padded
 
 
+@pytest.mark.unit
 def test_missing_landmarks_fall_back_to_the_detector(tmp_path: Path) -> None:
     clip = synthesize_video(tmp_path / "in", "nocsv", 1.0, seed=3, size=256)
     truth = read_openface_csv(clip.landmarks).points
@@ -294,6 +305,7 @@ def _write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> None:
         out.mux(stream.encode(None))
 
 
+@pytest.mark.unit
 def test_separate_wav_audio_is_preferred_and_checked(synth_dir: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()

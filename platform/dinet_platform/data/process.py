@@ -40,11 +40,8 @@ from dinet_platform.media.io import (
     read_audio,
     resample_indices,
 )
-from dinet_platform.media.landmarks import (
-    MOUTH_POINTS,
-    LandmarkError,
-    video_landmarks,
-)
+from dinet_platform.media.landmarks import video_landmarks
+from dinet_platform.media.openface import MOUTH_POINTS, LandmarkError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 PIPELINE_VERSION = 1

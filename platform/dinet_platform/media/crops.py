@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from dinet_platform.geometry import CropGeometry
-from dinet_platform.media.landmarks import MOUTH_LEFT, MOUTH_RIGHT, NOSE_BOTTOM, NOSE_BRIDGE
+from dinet_platform.media.openface import MOUTH_LEFT, MOUTH_RIGHT, NOSE_BOTTOM, NOSE_BRIDGE
 
 
 class CropError(Exception):

@@ -43,7 +43,8 @@ from dinet_platform.media.io import (
     resample_indices,
     write_lossless_video,
 )
-from dinet_platform.media.landmarks import LandmarkError, video_landmarks
+from dinet_platform.media.landmarks import video_landmarks
+from dinet_platform.media.openface import LandmarkError
 from dinet_platform.runtime.blend import (
     DEFAULT_FEATHER,
     feather_mask,
