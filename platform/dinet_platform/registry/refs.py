@@ -68,7 +68,8 @@ class ResolvedModel:
 
 def is_remote(reference: str) -> bool:
     """Whether ``reference`` needs the tracking store (registry URI, run id or artifact URI)."""
-    return reference.startswith("models:/") or bool(RUN_ID.match(reference)) or "://" in reference
+    return (reference.startswith(("models:/", "runs:/")) or bool(RUN_ID.match(reference))
+            or "://" in reference)
 
 
 def resolve(reference: str, client: MlflowClient | None = None) -> ResolvedModel:
