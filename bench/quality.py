@@ -119,7 +119,7 @@ def verdicts(summary: dict[str, dict[str, dict[str, float]]],
              seeds: int) -> list[dict[str, object]]:
     rows = []
     for claim, (variant, baseline, metric, direction) in CLAIMS.items():
-        if variant not in summary or metric not in summary[variant]:
+        if variant not in summary or baseline not in summary or metric not in summary[variant]:
             rows.append({"claim": claim, "metric": metric, "verdict": "not measured"})
             continue
         ours, theirs = summary[variant][metric], summary[baseline][metric]
