@@ -33,7 +33,8 @@ LAYERS: list[set[str]] = [
     {"paths", "files", "geometry", "metrics", "config"},  # foundations
     {"media", "audio_contract", "models", "losses"},  # frames, sound and networks
     {"synth", "data", "optimize", "runtime"},  # making data; compiling and running models
-    {"tracking", "ray_runtime", "registry"},  # MLflow and Ray at the edge; the model store
+    {"tracking", "ray_runtime", "registry", "console_logs"},  # MLflow and Ray at the edge; the
+    # model store; where their output goes (the log files) and what the console shows
     {"training", "evaluation", "tuning"},  # jobs
     {"promotion"},  # registering and promoting through the gates (evaluates)
     {"serving", "pipeline_report", "demo"},  # applications

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.config import DINetConfig
 from dinet_platform.config.sweep import load_sweep_config
 from dinet_platform.data.prepare import prepare_dataset
@@ -70,9 +71,12 @@ class DemoState:
 
 
 def _step(state: DemoState, console: Console, title: str, action: Callable[[], None]) -> None:
-    console.rule(f"{len(state.timings) + 1}. {title}")
+    heading = f"{len(state.timings) + 1}. {title}"
+    console.rule(heading)
+    console_logs.mark(heading)  # where the step starts in the log
     started = time.perf_counter()
-    action()
+    with console_logs.progress(console, title):
+        action()
     state.timings[title] = time.perf_counter() - started
 
 
@@ -311,11 +315,13 @@ def _landmarks(video: Path) -> Path | None:
 
 def _wait_ready(client: Any, console: Console, timeout_s: float = 600.0) -> None:
     deadline = time.monotonic() + timeout_s
-    with console.status("waiting for the model deployment (int8 calibration on real frames)"):
-        while not client.ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Serve did not become ready in {timeout_s:.0f}s")
-            time.sleep(1.0)
+    # In the step's progress display (a status of its own would be a second live display).
+    console_logs.update("waiting for the model deployment (int8 calibration on real frames)")
+    while not client.ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve did not become ready in {timeout_s:.0f}s")
+        time.sleep(1.0)
+    console_logs.update("calling the deployment over HTTP")
 
 
 def measure_frames_route(client: Any, avatar: str, speech: Path, state: DemoState,

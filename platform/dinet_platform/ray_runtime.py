@@ -18,6 +18,8 @@ from dinet_platform.paths import dinet_home
 WORKER_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
+    # Workers and Serve replicas download checkpoints and models: no progress bar per file.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Ray Train's print patch would echo every worker print twice on the driver console.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     # On a small, busy machine (2 cores, concurrent sweep trials) worker processes can take
@@ -109,6 +111,10 @@ def start_local_ray(**init_kwargs) -> None:
     }
     for key, value in WORKER_ENV.items():
         os.environ.setdefault(key, value)
+    # Every worker's, actor's and replica's output comes to this process, prefixed with its
+    # name and pid: a `dinet` command writes it to its log under $DINET_HOME/logs
+    # (console_logs.captured), `dinet --verbose` prints it.
+    init_kwargs.setdefault("log_to_driver", True)
     with environment(serve_throughput_env()):
         ray.init(
             include_dashboard=True,

@@ -19,6 +19,9 @@ from dinet_platform.config.schema import TrackingConfig
 from dinet_platform.paths import dinet_home, tracking_uri
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A "Downloading artifacts" bar per download (a checkpoint, a config, a model: dozens per demo)
+# says nothing a log or a console needs; MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=true brings it back.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 CHECKPOINT_ARTIFACT = "checkpoint"

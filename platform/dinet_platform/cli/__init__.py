@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import signal
 import threading
+from typing import Annotated
 
 import typer
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.cli.common import interrupt_on_sigterm
 from dinet_platform.cli.config import config_app
 from dinet_platform.cli.data import data_app
@@ -30,7 +32,16 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main() -> None:
+def _main(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", envvar=console_logs.VERBOSE_ENV,
+                     help="Print Ray's, Ray Train/Tune/Serve's and MLflow's own output on the "
+                     "console too. Without it that output goes to $DINET_HOME/logs/ (the path "
+                     "is printed, and the log's last lines when a command fails)."),
+    ] = False,
+) -> None:
+    console_logs.set_verbose(verbose)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt_on_sigterm)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.config import ConfigError, load_config
 
 # Wide enough for the summary tables when output goes to a log instead of a terminal.
@@ -42,3 +45,13 @@ def load_or_exit(config: Path, overrides: list[str] | None):
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def logged(name: str, description: str, total: float | None = None) -> Iterator[None]:
+    """A command's Ray/MLflow work: their output to ``$DINET_HOME/logs/<time>-<name>.log``
+    (the path printed once; the last lines on failure), one progress display on the console.
+    ``dinet --verbose`` prints everything instead."""
+    with console_logs.captured(console, name), console_logs.progress(console, description,
+                                                                     total):
+        yield

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.cli.common import SetOption, load_or_exit
 
 data_app = typer.Typer(help="Generate, prepare and analyze training data.", no_args_is_help=True)
@@ -129,15 +130,17 @@ def prepare(
     size = mouth_size or (max(stages) if stages else 160)
     target = out or shards_path(data.shards)
     try:
-        report = prepare_dataset(
-            inputs,
-            target,
-            config=data,
-            mouth_size=size,
-            use_ray=not local,
-            force=force,
-            log=lambda msg: console.print(msg, highlight=False),
-        )
+        with (console_logs.captured(console, "data-prepare"),
+              console_logs.progress(console, f"preparing {target}")):
+            report = prepare_dataset(
+                inputs,
+                target,
+                config=data,
+                mouth_size=size,
+                use_ray=not local,
+                force=force,
+                log=lambda msg: console.print(msg, highlight=False),
+            )
     except (ValueError, TypeError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dinet_platform.cli.common import ConfigOption, SetOption, console, load_or_exit
+from dinet_platform.cli.common import ConfigOption, SetOption, console, load_or_exit, logged
 
 DataOption = Annotated[
     str | None,
@@ -39,9 +39,10 @@ def evaluate(
     names = [entry_name(ref) for ref in model]
     names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
     try:
-        outcome = run_evaluation(cfg, client_for(cfg.tracking), list(zip(names, model,
-                                                                         strict=True)),
-                                 shards=data, out_dir=out, console=console)
+        with logged("evaluate", f"evaluating {', '.join(names)}"):
+            outcome = run_evaluation(cfg, client_for(cfg.tracking),
+                                     list(zip(names, model, strict=True)), shards=data,
+                                     out_dir=out, console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -66,8 +67,9 @@ def train_syncnet(
     from dinet_platform.tracking import client_for
 
     try:
-        outcome = run_train_syncnet(cfg, client_for(cfg.tracking), shards=data,
-                                    register=register, console=console)
+        with logged("train-syncnet", "training the sync expert"):
+            outcome = run_train_syncnet(cfg, client_for(cfg.tracking), shards=data,
+                                        register=register, console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

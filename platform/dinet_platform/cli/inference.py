@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dinet_platform.cli.common import ConfigOption, SetOption, console, fail, load_or_exit
+from dinet_platform.cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    load_or_exit,
+    logged,
+)
 
 ModelOption = Annotated[
     str,
@@ -60,9 +67,9 @@ def optimize_command(
     from dinet_platform.tracking import client_for
 
     cfg = load_or_exit(config, overrides)
-    client = client_for(cfg.tracking) if register else _client(model, cfg)
     try:
-        with console.status(f"optimizing {model} ({mode}), measuring it on real frames"):
+        with logged("optimize", f"optimizing {model} ({mode}), measuring it on real frames"):
+            client = client_for(cfg.tracking) if register else _client(model, cfg)
             outcome = export_optimized(model, mode, client=client, data=data,
                                          compile=compile, out=out,
                                          register=cfg if register else None)

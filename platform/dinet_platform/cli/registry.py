@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dinet_platform.cli.common import ConfigOption, SetOption, console, fail, load_or_exit
+from dinet_platform.cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    fail,
+    load_or_exit,
+    logged,
+)
 
 registry_app = typer.Typer(
     help="Register, promote (through quality gates) and roll back models in the MLflow Model "
@@ -79,8 +86,9 @@ def register_command(
 
     cfg = load_or_exit(config, overrides)
     try:
-        outcome = register_model(cfg, _client(cfg), run, evaluate=evaluate, shards=data,
-                                 console=console)
+        with logged("registry-register", f"registering run {run}"):
+            outcome = register_model(cfg, _client(cfg), run, evaluate=evaluate, shards=data,
+                                     console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise fail(exc) from None
     if outcome.existed:
@@ -113,8 +121,9 @@ def promote_command(
 
     cfg = load_or_exit(config, overrides)
     try:
-        outcome = promote(cfg, _client(cfg), version, to, force=force, reason=reason,
-                          shards=data, console=console)
+        with logged("registry-promote", f"evaluating version {version} for @{to}"):
+            outcome = promote(cfg, _client(cfg), version, to, force=force, reason=reason,
+                              shards=data, console=console)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise fail(exc) from None
     if outcome.evaluation is not None:

@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from dinet_platform.cli.common import console, interrupt_on_sigterm
+import dinet_platform.console_logs as console_logs
+from dinet_platform.cli.common import console, interrupt_on_sigterm, logged
 
 
 def serve_command(
@@ -41,18 +42,21 @@ def serve_command(
     from dinet_platform.serving.local import serve_app
 
     serving = settings.serving
-    with ray_session(address):
+    with logged("serve", "starting Ray"), ray_session(address):
         if threading.current_thread() is threading.main_thread():
             # ray.init replaced the CLI's handler with sys.exit: SIGTERM unwinds like Ctrl-C.
             signal.signal(signal.SIGTERM, interrupt_on_sigterm)
         try:
             console.print(f"deploying models:/{serving.model_name}@{serving.alias} "
                           f"({serving.precision}, {serving.device}) ...")
+            console_logs.update("starting Serve")
             with serve_app(settings) as url:
                 console.print(f"[green]serving[/green] {url}  (API docs {url}/docs, readiness "
                               f"{url}/readyz); Ctrl-C to stop", highlight=False)
+                console_logs.update(f"serving {url}")
                 while True:
                     time.sleep(1.0)
         except KeyboardInterrupt:
             console.print("stopping Serve ...")
+            console_logs.update("stopping Serve and Ray")
     console.print("Serve and Ray stopped")

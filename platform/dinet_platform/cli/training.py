@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from dinet_platform.cli.common import ConfigOption, SetOption, console, load_or_exit
+import dinet_platform.console_logs as console_logs
+from dinet_platform.cli.common import ConfigOption, SetOption, console, load_or_exit, logged
 from dinet_platform.config import ConfigError
 
 
@@ -52,8 +53,9 @@ def train(
         from dinet_platform.tracking import client_for
         from dinet_platform.training.pipeline import run_pipeline
 
-        run_pipeline(cfg, client_for(cfg.tracking), from_stage=from_stage, to_stage=to_stage,
-                     init_from=init_from, shards=shards, console=console)
+        with logged("train", "multiscale training"):
+            run_pipeline(cfg, client_for(cfg.tracking), from_stage=from_stage,
+                         to_stage=to_stage, init_from=init_from, shards=shards, console=console)
     except (ValueError, RuntimeError) as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -85,7 +87,8 @@ def sweep(
         from dinet_platform.tracking import client_for
         from dinet_platform.tuning.sweep import run_sweep
 
-        run_sweep(sweep_config, base, client_for(base.tracking), console)
+        with logged("sweep", f"sweep {sweep_config.name}", total=sweep_config.num_samples):
+            run_sweep(sweep_config, base, client_for(base.tracking), console)
     except KeyboardInterrupt as exc:
         console.print(f"[yellow]interrupted:[/yellow] {exc or 'stopped'}", highlight=False)
         raise typer.Exit(130) from None
@@ -107,8 +110,10 @@ def demo(config: ConfigOption = Path("configs/demo.yaml"), overrides: SetOption 
     """Run the end-to-end demo at the demo config."""
     from dinet_platform.demo import DemoRefused, run_demo
 
-    try:
-        run_demo(load_or_exit(config, overrides), console)
-    except DemoRefused as exc:
-        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    cfg = load_or_exit(config, overrides)
+    with console_logs.captured(console, "demo"):  # each step shows its own progress
+        try:
+            run_demo(cfg, console)
+        except DemoRefused as exc:  # the gates said no: the reason, not the log's tail
+            console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None

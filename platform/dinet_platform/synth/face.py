@@ -68,7 +68,7 @@ class Pose:
 
 @dataclass(frozen=True)
 class MouthShape:
-    """Mouth parameters of one frame (viseme space; see ``synth_audio.Viseme``)."""
+    """Mouth parameters of one frame (viseme space; see ``audio.Viseme``)."""
 
     opening: float
     width: float

@@ -1,12 +1,12 @@
 """Real speech for synthetic talking faces: espeak-ng sentences with phoneme-timed mouths.
 
-The formant "phones" of :mod:`synth_audio` are learnable but are not speech: a model that has
+The formant "phones" of :mod:`.audio` are learnable but are not speech: a model that has
 only heard them has no reason to open its mouth for a human voice. Here the audio is English
 sentences spoken by espeak-ng (the library and its voice data ship inside the
 ``espeakng-loader`` wheel, so nothing is downloaded), and the mouth follows the engine's own
 **phoneme events**: espeak-ng reports each phoneme with the sample at which it starts, so the
 phoneme sequence is mapped onto the platform's phones (:data:`ESPEAK_PHONES`) and the mouth is
-coarticulated from them exactly as for the formant voices (``synth_audio.mouth_tracks``).
+coarticulated from them exactly as for the formant voices (``audio.mouth_tracks``).
 
 Voices differ by accent, espeak variant (vocal-tract and glottal settings), pitch, pitch range
 and speaking rate. :data:`VOICE_POOLS` splits them into disjoint ``train`` and ``held-out``

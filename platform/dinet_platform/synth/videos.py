@@ -7,8 +7,8 @@ No public talking-face data can be downloaded here, so the platform makes its ow
 * ``<name>.json``: ground truth per frame (mouth opening and width in px, viseme id, ...), so
   evaluation can compare a generated mouth with the true one.
 
-The mouth is a deterministic function of the audio within ±100 ms (``synth_audio``), identity
-and head motion vary per clip (``synth_face`` for geometry, ``synth_render`` for drawing), and
+The mouth is a deterministic function of the audio within ±100 ms (``audio``), identity
+and head motion vary per clip (``face`` for geometry, ``render`` for drawing), and
 everything follows from one integer seed: the same seed gives byte-identical files
 (single-threaded x264, bit-exact muxing).
 
@@ -60,8 +60,8 @@ FPS = 25
 SAMPLE_RATE = 16000
 FORMAT_VERSION = "dinet-synth/1"
 SpeechKind = Literal["formant", "tts"]
-"""``formant``: random syllables from a source-filter model (``synth_audio``); ``tts``: English
-sentences spoken by espeak-ng with phoneme-timed mouths (``synth_speech``)."""
+"""``formant``: random syllables from a source-filter model (``audio``); ``tts``: English
+sentences spoken by espeak-ng with phoneme-timed mouths (``speech``)."""
 X264_OPTIONS = {
     # ultrafast: the content is flat-shaded, so the fast preset loses little; crf 18 keeps lips
     # and teeth crisp. threads=1 makes the bitstream deterministic; a 1 s GOP without B-frames

@@ -209,18 +209,31 @@ def _validate(
     return accumulator.means(), first_batch
 
 
+EPOCH_LINE_METRICS = ("train_g_total", "val_mouth_psnr", "val_mouth_ssim",
+                      "val_temporal_error", "val_audio_gain_db", "epoch_time_s")
+"""What :func:`epoch_line` reads (the driver reads them back from the stage's MLflow run)."""
+
+
+def epoch_line(
+    mouth_size: int, epoch: int, epochs: int, metrics: dict[str, float], eta_s: float
+) -> str:
+    """One epoch of a stage in one line (0-based ``epoch``)."""
+    def value(key: str) -> float:
+        return metrics.get(key, float("nan"))
+
+    return (f"[stage {mouth_size}] epoch {epoch + 1}/{epochs}  "
+            f"loss {value('train_g_total'):.4f}  mouth PSNR {value('val_mouth_psnr'):.2f} dB  "
+            f"SSIM {value('val_mouth_ssim'):.3f}  temporal {value('val_temporal_error'):.4f}  "
+            f"audio gain {value('val_audio_gain_db'):.2f} dB  "
+            f"({value('epoch_time_s'):.1f}s/epoch, ETA {eta_s:.0f}s)")
+
+
 def _print_progress(
     mouth_size: int, epoch: int, epochs: int, metrics: dict[str, float], times: list[float]
 ) -> None:
     eta = sum(times) / len(times) * (epochs - epoch - 1)
-    print(
-        f"[stage {mouth_size}] epoch {epoch + 1}/{epochs}  "
-        f"loss {metrics['train_g_total']:.4f}  mouth PSNR {metrics['val_mouth_psnr']:.2f} dB  "
-        f"SSIM {metrics['val_mouth_ssim']:.3f}  temporal {metrics['val_temporal_error']:.4f}  "
-        f"audio gain {metrics.get('val_audio_gain_db', float('nan')):.2f} dB  "
-        f"({times[-1]:.1f}s/epoch, ETA {eta:.0f}s)",
-        flush=True,
-    )
+    print(epoch_line(mouth_size, epoch, epochs, {**metrics, "epoch_time_s": times[-1]}, eta),
+          flush=True)
 
 
 class _Tracker:

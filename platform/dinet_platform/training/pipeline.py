@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.data.shards import ShardError, load_manifest
 from dinet_platform.paths import shards_path
@@ -99,7 +100,7 @@ def run_pipeline(
     client.update_run(parent_id, status="RUNNING")
     try:
         # Ray starts only when a stage actually has to run, and stops when the pipeline ends.
-        with ExitStack() as ray_context:
+        with console_logs.progress(console, "multiscale training"), ExitStack() as ray_context:
             for stage in stages:
                 result.stages.append(
                     _run_or_skip(config, client, experiment, parent_id, key, stage.mouth_size,
@@ -169,8 +170,9 @@ def _run_or_skip(
         run_id = start_stage_run(client, config, mouth_size, parent_id, key, init_from)
         console.print(f"stage {mouth_size}: run {run_id}, starting from "
                       f"{init_from or 'scratch'}")
+    console_logs.update(f"stage {mouth_size}: starting Ray Train")
     start_ray()
-    return run_stage(config, mouth_size, client, run_id, inputs)
+    return run_stage(config, mouth_size, client, run_id, inputs, console)
 
 
 def _outcome_from_run(config: DINetConfig, run: Run) -> StageOutcome:

@@ -18,6 +18,7 @@ import ray.data
 import ray.train
 from mlflow.tracking import MlflowClient
 from ray.train.torch import TorchTrainer
+from rich.console import Console
 
 from dinet_platform.audio_contract import (
     RETRAIN_FLAG,
@@ -54,6 +55,7 @@ from dinet_platform.tracking import (
     get_run,
 )
 from dinet_platform.training.loop import train_loop_per_worker
+from dinet_platform.training.progress import EpochWatch
 from dinet_platform.training.schedule import stage_index, stage_loss_weights
 
 
@@ -205,8 +207,10 @@ def run_stage(
     client: MlflowClient,
     run_id: str,
     inputs: StageInputs,
+    console: Console | None = None,
 ) -> StageOutcome:
-    """Train the stage into MLflow run ``run_id`` (new, or unfinished and resumed)."""
+    """Train the stage into MLflow run ``run_id`` (new, or unfinished and resumed); a line per
+    epoch on ``console`` (else on the active step display's, else stdout)."""
     get_run(client, run_id)
     client.update_run(run_id, status="RUNNING")
     started = time.perf_counter()
@@ -215,7 +219,9 @@ def run_stage(
             config, mouth_size, inputs, name=f"stage{mouth_size}-{run_id}",
             mlflow={"tracking_uri": client.tracking_uri, "run_id": run_id},
         )
-        result = trainer.fit()
+        with EpochWatch(client.tracking_uri, run_id, mouth_size,
+                        config.stage(mouth_size).epochs, console):
+            result = trainer.fit()
         best_checkpoint, best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_score"])
         for key in ("val_score", "val_mouth_psnr", "val_mouth_ssim", "val_temporal_error"):
             client.log_metric(run_id, f"best_{key}", best[key])

@@ -33,6 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from rich.console import Console
 
+import dinet_platform.console_logs as console_logs
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.config.sweep import Distribution, SweepConfig, trial_config
 from dinet_platform.data.shards import load_manifest
@@ -83,6 +84,57 @@ def trial_training_config(sweep: SweepConfig, base: dict[str, Any], params: dict
     return trial_config(base, {**params, **fixed}, source="trial")
 
 
+class TrialProgress(tune.Callback):
+    """The sweep on the console: a line per finished trial and the step's progress display
+    (Tune's own status tables go to the command's log). It holds nothing but numbers, so the
+    Tuner's saved state (which keeps its callbacks) pickles and restores it."""
+
+    def __init__(self, total: int, epochs: int):
+        self.total = total
+        self.epochs = epochs
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        score = result.get(METRIC)
+        shown = f", {METRIC} {score:.3f}" if isinstance(score, int | float) else ""
+        console_logs.update(f"trial {trial.trial_id}: epoch {result.get('training_iteration')}"
+                            f"/{self.epochs}{shown}", completed=_finished(trials),
+                            total=self.total)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._report(trials, trial, "")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._report(trials, trial, f"failed (see the log; Tune's error file "
+                                    f"{getattr(trial, 'error_file', None) or 'is in it'})")
+
+    def _report(self, trials, trial, failure: str) -> None:
+        done = _finished(trials, trial)
+        params = "  ".join(f"{key.rsplit('.', 1)[-1]}={_short(value)}"
+                           for key, value in sorted((trial.config or {}).items()))
+        result = trial.last_result or {}
+        epochs = result.get("training_iteration")
+        score = result.get(METRIC)
+        if failure:
+            outcome = failure
+        elif isinstance(score, int | float):
+            outcome = f"{METRIC} {score:.3f} after {epochs}/{self.epochs} epoch(s)"
+            if isinstance(epochs, int) and epochs < self.epochs:
+                outcome += " (stopped early by ASHA)"
+        else:
+            outcome = "no result"
+        console_logs.say(f"trial {done}/{self.total} {trial.trial_id}: {params}: {outcome}")
+        console_logs.update(completed=done, total=self.total)
+
+
+def _finished(trials, ending=None) -> int:
+    """Trials done, counting ``ending`` (Tune calls back before it marks the trial)."""
+    return sum(1 for t in trials if t is ending or t.status in ("TERMINATED", "ERROR"))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def run_trial(params: dict, sweep: SweepConfig, base: dict[str, Any], inputs: StageInputs):
     """One trial (runs inside a Tune trial actor): fit the stage's TorchTrainer."""
     config = trial_training_config(sweep, base, params)
@@ -122,7 +174,8 @@ def run_sweep(
     )
     client.update_run(parent_id, status="RUNNING")
     try:
-        with ray_session():
+        with (console_logs.progress(console, f"sweep {name}", total=sweep.num_samples),
+              ray_session()):
             experiment_path = f"{storage}/{name}"
             if tune.Tuner.can_restore(experiment_path):
                 console.print(f"resuming the interrupted sweep from {experiment_path}")
@@ -220,7 +273,8 @@ def _new_tuner(sweep, base, client, trainable, storage, name, parent_id, key) ->
                     tracking_uri=client.tracking_uri,
                     experiment_name=base.tracking.experiment,
                     tags={PARENT_TAG: parent_id, KIND_TAG: "trial", SWEEP_TAG: key},
-                )
+                ),
+                TrialProgress(sweep.num_samples, epochs),
             ],
             verbose=1,
         ),
