@@ -1,4 +1,6 @@
 # The two commands: `make demo` runs the main job, `make test` runs lint + tests.
+# `make test-fast` is the quick lane while editing: lint + the unit tests that take no Ray, no
+# servers and no more than a second or two each (pytest -m "unit and not slow").
 # Both bootstrap .venv from pyproject.toml on first use (and when it changes).
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test lint bench clean cluster-test
+.PHONY: demo test test-fast lint bench clean cluster-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +22,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dinet demo --config configs/demo.yaml
 
+# Everything: first all but the cluster tests (one local Ray for the session), then the cluster
+# tests in a pytest process of their own, with no local Ray holding ports or CPUs.
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not cluster"
+	$(BIN)/pytest -m cluster
 
-# A Ray head + a second Ray node on loopback, a real mlflow server, a 2-worker stage spread
-# over both nodes, then the same stage as a `ray job submit` job (token auth).
+test-fast: $(STAMP) lint
+	$(BIN)/pytest -m "unit and not slow" -q
+
+# The cluster tests alone: a Ray head + a second Ray node on loopback, a real mlflow server, a
+# 2-worker stage spread over both nodes, then the same stage as a `ray job submit` job (token
+# auth); `dinet train --address` on a one-node head; the registry against the mlflow server.
 cluster-test: $(STAMP)
-	$(BIN)/pytest tests/test_multinode.py -q
+	$(BIN)/pytest -m cluster -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

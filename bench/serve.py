@@ -66,21 +66,12 @@ TOKEN = "bench-token-0123456789abcdef"
 
 
 def register_stand_in(client, config, mouth: int, folder: Path) -> int:
-    from dinet_platform.models.checkpoints import save_checkpoint
-    from dinet_platform.models.factory import build_generator
-    from dinet_platform.promotion.workflow import register_model
+    """A fresh generator (seed 0) registered as the tests register one, then production."""
     from dinet_platform.registry.versions import move_alias
-    from dinet_platform.training.stage import start_stage_run
 
-    torch.manual_seed(0)
-    state = {"generator": build_generator(config.model).state_dict(), "discriminators": None,
-             "optimizers": None, "epoch": 0, "mouth_size": mouth, "metrics": {},
-             "config": config.model_dump(mode="json")}
-    run_id = start_stage_run(client, config, mouth)
-    save_checkpoint(folder, state)
-    client.log_artifacts(run_id, str(folder), "checkpoint")
-    client.set_terminated(run_id, "FINISHED")
-    version = register_model(config, client, run_id, evaluate=False).version
+    from tests.support import register_state, tiny_state
+
+    version = register_state(client, config, tiny_state(config, seed=0, mouth=mouth), folder)
     move_alias(client, config.tracking.registered_model, "production", version)
     return version
 

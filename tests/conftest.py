@@ -1,15 +1,28 @@
-"""Shared fixtures: one local Ray per test session, and small synthetic datasets.
+"""Shared fixtures: one local Ray per test session, small synthetic datasets, an isolated
+``DINET_HOME``, and one tiny pipeline trained once per session. Helpers that are not fixtures
+live in tests/support.py; the cluster helpers in tests/cluster.py.
 
 Everything here is sized for 2 shared CPU cores: a handful of 1-2 s videos at 160x160.
+
+Every test carries exactly one lane marker (checked at collection):
+
+- ``unit``: in-process only, no Ray, no server or cluster processes (``make test-fast``);
+- ``ray``: uses the session's local Ray (``ray_local``);
+- ``serve``: the Ray Serve app over real HTTP (on the session's local Ray);
+- ``cluster``: Ray clusters or an mlflow server started by tests/cluster.py; ``make test`` runs
+  these in a pytest process of their own, after the others.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import TRAINED, TrainedPipeline, use_home, write_config
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -17,6 +30,45 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 SYNTH_VIDEOS = 4
 SYNTH_SECONDS = 1.6
 SYNTH_SIZE = 160
+
+LANES = ("unit", "ray", "serve", "cluster")
+# Fixtures that decide a test's lane, and the lanes allowed to use them.
+LANE_FIXTURES = {"ray_local": {"ray", "serve"}, "ray_head": {"cluster"}}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without exactly one lane marker, or one whose fixtures (with everything
+    they depend on) belong to another lane: ``-m unit`` must never start Ray."""
+    problems = []
+    for item in items:
+        lanes = sorted({mark.name for mark in item.iter_markers() if mark.name in LANES})
+        if len(lanes) != 1:
+            problems.append(f"{item.nodeid}: lane markers {lanes}, needs exactly one of "
+                            f"{', '.join(LANES)}")
+            continue
+        for fixture, allowed in LANE_FIXTURES.items():
+            if fixture in item.fixturenames and lanes[0] not in allowed:
+                problems.append(f"{item.nodeid}: marked {lanes[0]} but uses {fixture} "
+                                f"(a {' or '.join(sorted(allowed))} test)")
+    if problems:
+        raise pytest.UsageError("test lanes:\n  " + "\n  ".join(problems))
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_leave_ray_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A ``unit`` test that leaves a Ray running it did not find is an error: it belongs in
+    another lane."""
+    if request.node.get_closest_marker("unit") is None or _ray_running():
+        yield
+        return
+    yield
+    if _ray_running():
+        pytest.fail("a unit test started Ray: mark it ray (and use the ray_local fixture)")
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +110,33 @@ def prepared_dir(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     report = prepare_dataset(synth_dir, out, mouth_size=160, use_ray=False)
     assert report.manifest["counts"]["videos_ok"] == SYNTH_VIDEOS, report.manifest["skipped"]
     return out
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private ``$DINET_HOME`` (``tmp_path/home``) with no ``$MLFLOW_TRACKING_URI``: the
+    test's own embedded MLflow store and local state."""
+    return use_home(monkeypatch, tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(
+    ray_local, prepared_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TrainedPipeline:
+    """``support.TRAINED`` trained once on the local Ray into a session store, for every test
+    that needs *a* trained model. Tests never use this store itself: a module copies the
+    pipeline into its own store (``support.copy_pipeline``) and changes only that."""
+    from dinet_platform.config import load_config
+    from dinet_platform.tracking import client_for
+    from dinet_platform.training.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        use_home(patch, root / "home")
+        config = load_config(write_config(root, TRAINED, prepared_dir))
+        result = run_pipeline(config, client_for(config.tracking))
+    return TrainedPipeline(home=root / "home", config=TRAINED, run_id=result.run_id,
+                           stage_run_ids=tuple(stage.run_id for stage in result.stages))
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from dinet_platform.cli import app
 from dinet_platform.data.analyze import analyze, recommend, stage_shares
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.unit
+
 
 def test_analyze_shards_writes_histogram_and_summary(prepared_dir: Path, tmp_path: Path) -> None:
     summary = analyze(prepared_dir, stages=[64, 96, 128, 160], out_dir=tmp_path)

@@ -29,28 +29,29 @@ from dinet_platform.config import DINetConfig
 from dinet_platform.config.schema import ServingConfig
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
-from dinet_platform.models import DINet, DINetWithAttention, build_generator
+from dinet_platform.models import DINet, DINetWithAttention
 from dinet_platform.models.checkpoints import load_checkpoint, save_checkpoint
 from dinet_platform.models.public_dinet import is_public_dinet
-from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batches
+from dinet_platform.optimize.stand_in import synthetic_batches
 from dinet_platform.registry.loading import load_engine
 from dinet_platform.runtime.avatar import Avatar
 from dinet_platform.serving import api
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
-MOUTH = 64
+from tests.support import MOUTH, TINY_WIDTH, tiny_config, tiny_state, write_config
+
+pytestmark = pytest.mark.unit
 
 
-def tiny(audio: str = "logmel", width: float = 0.125, **data: Any) -> DINetConfig:
+def tiny(audio: str = "logmel", width: float = TINY_WIDTH, **data: Any) -> DINetConfig:
     channels = 29 if audio == "deepspeech" else data.get("n_mels", 29)
     return DINetConfig.model_validate(
-        {
-            "name": f"tiny-{audio}",
-            "model": {"width": width, "audio_channels": channels},
-            "data": {"audio_features": audio, **data},
-            "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-        }
+        tiny_config(
+            f"tiny-{audio}",
+            model={"width": width, "audio_channels": channels},
+            data={"audio_features": audio, **data},
+        )
     )
 
 
@@ -59,23 +60,8 @@ def full_width(audio: str = "logmel", **data: Any) -> DINetConfig:
 
 
 def platform_checkpoint(folder: Path, config: DINetConfig, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    generator = settle_batchnorm(
-        build_generator(config.model),
-        synthetic_batches(MOUTH, 2, 2, audio_channels=config.model.audio_channels),
-    )
-    return save_checkpoint(
-        folder,
-        {
-            "generator": generator.state_dict(),
-            "discriminators": None,
-            "optimizers": None,
-            "epoch": 0,
-            "mouth_size": MOUTH,
-            "config": config.model_dump(mode="json"),
-            "metrics": {},
-        },
-    )
+    settle = synthetic_batches(MOUTH, 2, 2, audio_channels=config.model.audio_channels)
+    return save_checkpoint(folder, tiny_state(config, seed=seed, settle=settle))
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +104,14 @@ def test_public_dinet_is_recognised_by_layout_not_name(public_file, tmp_path):
     from dinet_platform.models import read_state_dict
 
     assert is_public_dinet(read_state_dict(public_file))
-    assert not is_public_dinet(DINet(width=0.125).state_dict())  # ours, at another width
+    assert not is_public_dinet(DINet(width=TINY_WIDTH).state_dict())  # ours, at another width
     assert not is_public_dinet(DINet(audio_channel=40).state_dict())  # 40 log-mel bands
     attention = DINetWithAttention(
         attention=tiny().model.attention.model_copy(update={"spatial": True})
     )
     assert not is_public_dinet(attention.state_dict())
     renamed = tmp_path / "netG_model_epoch_1.pth"  # the name alone proves nothing
-    torch.save(DINet(width=0.125).state_dict(), renamed)
+    torch.save(DINet(width=TINY_WIDTH).state_dict(), renamed)
     assert not is_public_dinet(read_state_dict(renamed))
 
 
@@ -194,17 +180,11 @@ def test_init_from_a_platform_checkpoint_on_other_features(tmp_path, prepared_di
     assert set(inputs.init_state) == {"generator"}  # its discriminators were None
 
 
+@pytest.mark.slow
 def test_train_command_refuses_the_mismatch_with_exit_code_2(
-    public_file, prepared_dir, tmp_path, monkeypatch
+    public_file, prepared_dir, home, tmp_path
 ):
-    import yaml
-
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    config = tiny("logmel").model_dump(mode="json")
-    config["data"]["shards"] = str(prepared_dir)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(tmp_path, tiny("logmel").model_dump(mode="json"), prepared_dir)
     result = CliRunner().invoke(
         cli_app, ["train", "--config", str(path), "--init-from", str(public_file)]
     )
@@ -277,10 +257,10 @@ class InProcessModel:
         self.frames = _Method(self._frames)
 
     def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False):
-        from dinet_platform.serving.model import FrameJob
+        from dinet_platform.serving.model import FrameJob, GeneratedFrames
 
         (out,), model = self.server.generate([FrameJob(avatar_id, start, audio, paste)])
-        return {"frames": out, "version": model.version, "batch_size": 1}
+        return GeneratedFrames(out, model.version, 1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import threading
 import pytest
 from dinet_platform.serving.batching import BatchQueue
 
+pytestmark = pytest.mark.unit
+
 
 class Model:
     """A compute function that records its batches and can be held mid-batch."""
@@ -63,16 +65,22 @@ def test_an_idle_model_waits_for_concurrent_callers_up_to_the_batch_size():
     assert batches == [[0, 1, 2, 3], [4, 5]]  # full at 4; the rest right after
 
 
-def test_a_lone_caller_waits_no_longer_than_the_wait():
-    async def main():
-        queue = BatchQueue(Model(), max_batch_size=8, wait_s=0.05)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        result = await queue.submit(3)
-        return result, loop.time() - start
+def test_the_first_batch_waits_for_company_only_up_to_the_wait():
+    """Before its first batch the queue waits for a full one, but no longer than ``wait_s``:
+    two callers of eight go ahead together when the wait ends (not held for six more), and
+    the lone caller after them, expected with company (the last batch had two), goes ahead
+    alone when its wait ends."""
 
-    result, seconds = asyncio.run(main())
-    assert result == 30 and seconds < 2.0
+    async def main():
+        model = Model()
+        queue = BatchQueue(model, max_batch_size=8, wait_s=0.05)
+        pair = await asyncio.gather(queue.submit(1), queue.submit(2))
+        lone = await queue.submit(3)
+        return pair, lone, model.batches
+
+    pair, lone, batches = asyncio.run(main())
+    assert batches == [[1, 2], [3]]
+    assert pair == [10, 20] and lone == 30
 
 
 def test_an_idle_model_waits_for_as_many_callers_as_its_last_batch_had():
@@ -93,12 +101,22 @@ def test_an_idle_model_waits_for_as_many_callers_as_its_last_batch_had():
         lone = BatchQueue(model, max_batch_size=8, wait_s=0.0)
         await lone.submit(7)  # a batch of one...
         lone.configure(max_batch_size=8, wait_s=30.0)
-        # ...so its next lone call is not held for the (long) wait
-        return await asyncio.wait_for(lone.submit(8), 5.0), model.batches
+        # ...so its next lone call is not held for the (long) wait: it is computing before
+        # anyone else arrives (a few turns of the event loop, no clock), and those who come
+        # meanwhile go together with its caller's next call into the batch after it
+        model.release.clear()
+        eight = asyncio.create_task(lone.submit(8))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        meanwhile = [asyncio.create_task(lone.submit(job)) for job in (9, 10)]
+        model.release.set()
+        result = await eight
+        back = await lone.submit(11)
+        return [result, *await asyncio.gather(*meanwhile), back], model.batches
 
-    result, batches = asyncio.run(main())
-    assert batches == [[0, 1, 2], [3, 4, 5], [6], [7], [8]]
-    assert result == 80
+    results, batches = asyncio.run(main())
+    assert batches == [[0, 1, 2], [3, 4, 5], [6], [7], [8], [9, 10, 11]]
+    assert results == [80, 90, 100, 110]
 
 
 def test_two_groups_of_callers_are_merged_into_one_batch():

@@ -11,6 +11,8 @@ from dinet_platform.config import ConfigError, dump_config, load_config
 from dinet_platform.geometry import crop_geometry
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.unit
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 
 

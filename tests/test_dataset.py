@@ -20,6 +20,7 @@ STRONG = AugmentationConfig(
 )
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("mouth", [64, 96, 128, 160])
 def test_sample_layout_at_every_stage(prepared_dir: Path, mouth: int) -> None:
     geometry = crop_geometry(mouth)
@@ -60,6 +61,7 @@ def test_sample_layout_at_every_stage(prepared_dir: Path, mouth: int) -> None:
     assert bool(((marks[..., 1] >= box.top) & (marks[..., 1] < box.bottom)).all())
 
 
+@pytest.mark.unit
 def test_references_never_near_the_target(prepared_dir: Path) -> None:
     builder = SampleBuilder(prepared_dir, 64, CLIP, split="all", config=NO_AUG, seed=3)
     windows = sample_windows(builder.manifest, "all", CLIP, shuffle=False)
@@ -74,6 +76,7 @@ def test_references_never_near_the_target(prepared_dir: Path) -> None:
         assert not np.array_equal(sample["reference"][3 * k : 3 * k + 3], target)
 
 
+@pytest.mark.unit
 def test_audio_window_is_centred_and_edge_padded(prepared_dir: Path) -> None:
     builder = SampleBuilder(prepared_dir, 64, CLIP, split="all", config=NO_AUG)
     features = builder.reader.column(builder.shard(0), "audio")
@@ -84,6 +87,7 @@ def test_audio_window_is_centred_and_edge_padded(prepared_dir: Path) -> None:
     np.testing.assert_array_equal(middle["clip_audio"][4], features[12:17].T)
 
 
+@pytest.mark.unit
 def test_samples_are_deterministic_given_the_seed(prepared_dir: Path) -> None:
     config = DataConfig(augmentation=STRONG)
     one = SampleBuilder(prepared_dir, 64, CLIP, config=config, seed=1).build(Window(0, 4))
@@ -98,6 +102,7 @@ def _train_video(builder: SampleBuilder) -> int:
     return next(i for i, v in enumerate(builder.manifest["videos"]) if v["split"] == "train")
 
 
+@pytest.mark.unit
 def test_augmentation_is_one_draw_for_the_whole_sample(prepared_dir: Path) -> None:
     plain = SampleBuilder(prepared_dir, 96, CLIP, config=NO_AUG, seed=5)
     augmented = SampleBuilder(
@@ -119,6 +124,7 @@ def test_augmentation_is_one_draw_for_the_whole_sample(prepared_dir: Path) -> No
     assert not np.allclose(out["clip"], raw["clip"])
 
 
+@pytest.mark.unit
 def test_augmentation_applies_identically_to_identical_frames() -> None:
     frame = torch.rand(1, 3, 52, 40)
     params = augment.sample_params(STRONG, np.random.default_rng(0), (52, 40))
@@ -127,6 +133,7 @@ def test_augmentation_applies_identically_to_identical_frames() -> None:
         torch.testing.assert_close(out[k], out[0])
 
 
+@pytest.mark.unit
 def test_augmentation_off_when_disabled_and_on_validation(prepared_dir: Path) -> None:
     disabled = SampleBuilder(prepared_dir, 64, CLIP, config=NO_AUG, seed=5)
     window = Window(_train_video(disabled), 3)
@@ -146,6 +153,7 @@ def test_augmentation_off_when_disabled_and_on_validation(prepared_dir: Path) ->
     assert not val.augment
 
 
+@pytest.mark.unit
 def test_augmented_landmarks_follow_the_warp() -> None:
     params = augment.AugmentParams(dx=2.0, dy=-1.0, angle=0.05, scale=1.02)
     image = torch.zeros(1, 3, 64, 48)
@@ -156,6 +164,7 @@ def test_augmented_landmarks_follow_the_warp() -> None:
     assert abs(point[0] - x) <= 1 and abs(point[1] - y) <= 1
 
 
+@pytest.mark.ray
 def test_ray_dataset_matches_the_plain_path(ray_local, prepared_dir: Path) -> None:
     dataset = build_dataset(prepared_dir, 64, CLIP, split="val", config=NO_AUG, seed=0)
     rows = dataset.take(6)
@@ -170,6 +179,7 @@ def test_ray_dataset_matches_the_plain_path(ray_local, prepared_dir: Path) -> No
     assert batch["source"].dtype == torch.float32
 
 
+@pytest.mark.unit
 def test_windows_cover_every_valid_start_once(prepared_dir: Path) -> None:
     builder = SampleBuilder(prepared_dir, 64, CLIP, split="train", config=NO_AUG)
     windows = sample_windows(builder.manifest, "train", CLIP, seed=0, shuffle=True)
@@ -180,6 +190,7 @@ def test_windows_cover_every_valid_start_once(prepared_dir: Path) -> None:
     assert windows == sample_windows(builder.manifest, "train", CLIP, seed=0, shuffle=True)
 
 
+@pytest.mark.ray
 def test_validation_cap_spreads_the_clips_over_every_held_out_video(
     ray_local, prepared_dir: Path
 ) -> None:

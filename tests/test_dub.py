@@ -16,9 +16,8 @@ import torch
 from dinet_platform.cli import app
 from dinet_platform.config import DINetConfig
 from dinet_platform.media.io import probe_video, read_audio
-from dinet_platform.models import build_generator
 from dinet_platform.models.checkpoints import save_checkpoint
-from dinet_platform.optimize.stand_in import settle_batchnorm, synthetic_batches
+from dinet_platform.optimize.stand_in import synthetic_batches
 from dinet_platform.registry.loading import load_engine
 from dinet_platform.runtime.avatar import Avatar, AvatarError
 from dinet_platform.runtime.blend import feather_mask, paste
@@ -26,7 +25,10 @@ from dinet_platform.runtime.dub import DubError, dub_video, load_speech, render_
 from dinet_platform.synth.videos import synthesize_video
 from typer.testing import CliRunner
 
-MOUTH = 64
+from tests.support import MOUTH, tiny_config, tiny_state
+
+pytestmark = pytest.mark.unit
+
 FPS = 25
 VIDEO_SECONDS = 0.6  # 15 frames: the speech is longer, so the avatar loops
 SPEECH_SECONDS = 1.04  # 26 frames
@@ -45,15 +47,9 @@ def inputs(tmp_path_factory) -> dict:
         handle.setsampwidth(2)
         handle.setframerate(16000)
         handle.writeframes(np.round(samples * 32767).astype(np.int16).tobytes())
-    config = DINetConfig.model_validate({
-        "name": "tiny-dub", "model": {"width": 0.125},
-        "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}]})
-    torch.manual_seed(0)
-    generator = settle_batchnorm(build_generator(config.model), synthetic_batches(MOUTH, 4, 2))
-    checkpoint = save_checkpoint(root / "ckpt", {
-        "generator": generator.state_dict(), "mouth_size": MOUTH,
-        "config": config.model_dump(mode="json"), "epoch": 0, "metrics": {},
-        "optimizers": None, "discriminators": None})
+    config = DINetConfig.model_validate(tiny_config("tiny-dub"))
+    checkpoint = save_checkpoint(root / "ckpt", tiny_state(
+        config, seed=0, settle=synthetic_batches(MOUTH, 4, 2)))
     text = root / "notes.mp4"
     text.write_text("this is not a video\n")
     image = root / "still.png"
@@ -132,8 +128,7 @@ def test_far_pixels_bit_identical_and_mouth_generated(engine, avatar, inputs):
     assert changed_any
 
 
-def test_dub_cli_writes_playable_mp4(engine, avatar, inputs, tmp_path, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+def test_dub_cli_writes_playable_mp4(engine, avatar, inputs, home, tmp_path):
     out = tmp_path / "dubbed.mp4"
     result = CliRunner().invoke(app, [
         "dub", "--model", str(inputs["checkpoint"]), "--video", str(inputs["video"]),
@@ -181,9 +176,7 @@ def test_dub_cli_writes_playable_mp4(engine, avatar, inputs, tmp_path, monkeypat
 
 @pytest.mark.parametrize("case", ["missing_video", "text_video", "text_audio", "image_audio",
                                   "video_no_face", "unknown_model", "bad_out"])
-def test_bad_input_is_a_clear_error_and_writes_nothing(inputs, tmp_path, monkeypatch, case):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_bad_input_is_a_clear_error_and_writes_nothing(inputs, home, tmp_path, case):
     args = {"--model": str(inputs["checkpoint"]), "--video": str(inputs["video"]),
             "--audio": str(inputs["speech"]), "--out": str(tmp_path / "out" / "dubbed.mp4"),
             "--landmarks": str(inputs["landmarks"])}
@@ -227,15 +220,10 @@ def test_dub_video_refuses_mismatched_avatar(engine, inputs, tmp_path):
 @pytest.fixture(scope="module")
 def deepspeech_checkpoint(inputs):
     """A tiny platform checkpoint trained (here: initialised) on DeepSpeech features."""
-    config = DINetConfig.model_validate({
-        "name": "tiny-ds", "model": {"width": 0.125}, "data": {"audio_features": "deepspeech"},
-        "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}]})
-    torch.manual_seed(1)
-    generator = settle_batchnorm(build_generator(config.model), synthetic_batches(MOUTH, 4, 2))
-    return save_checkpoint(inputs["root"] / "ckpt_ds", {
-        "generator": generator.state_dict(), "mouth_size": MOUTH,
-        "config": config.model_dump(mode="json"), "epoch": 0, "metrics": {},
-        "optimizers": None, "discriminators": None})
+    config = DINetConfig.model_validate(
+        tiny_config("tiny-ds", data={"audio_features": "deepspeech"}))
+    return save_checkpoint(inputs["root"] / "ckpt_ds", tiny_state(
+        config, seed=1, settle=synthetic_batches(MOUTH, 4, 2)))
 
 
 def dub_command(model, inputs, out, *extra) -> list[str]:
@@ -244,9 +232,9 @@ def dub_command(model, inputs, out, *extra) -> list[str]:
             "--landmarks", str(inputs["landmarks"]), "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_deepspeech_model_dubs_with_its_features_and_refuses_without(
-        deepspeech_checkpoint, inputs, tmp_path, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+        deepspeech_checkpoint, inputs, home, tmp_path):
     frames = round(SPEECH_SECONDS * FPS)
     out = tmp_path / "out" / "dubbed.mp4"
     runner = CliRunner()
@@ -287,8 +275,7 @@ def test_deepspeech_model_dubs_with_its_features_and_refuses_without(
     assert result.exit_code == 0, result.output
 
 
-def test_log_mel_model_refuses_deepspeech_features(inputs, tmp_path, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+def test_log_mel_model_refuses_deepspeech_features(inputs, home, tmp_path):
     features = tmp_path / "f.npy"
     np.save(features, np.zeros((26, 29), np.float32))
     result = CliRunner().invoke(app, dub_command(inputs["checkpoint"], inputs,
@@ -309,9 +296,7 @@ def test_public_dinet_file_loads_as_deepspeech_dinet_and_needs_its_features(inpu
     public = tmp_path / "netG_model_epoch_20.pth"
     torch.save({"state_dict": {"net_g": {f"module.{k}": v
                                          for k, v in DINet().state_dict().items()}}}, public)
-    fallback = DINetConfig.model_validate({  # only its stages are taken: mouth 64
-        "name": "x", "model": {"width": 0.125},
-        "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}]})
+    fallback = DINetConfig.model_validate(tiny_config("x"))  # only its stages count: mouth 64
     model, info = load_engine(str(public), mode="fp32", config=fallback)
     assert info.features == AudioFeatureSpec.public_dinet()
     assert info.config.model.width == 1.0 and info.mouth_size == MOUTH

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
 from dinet_platform.config.schema import EvaluationConfig, TemporalWeights
@@ -42,27 +41,18 @@ from dinet_platform.tracking import KIND_TAG, client_for, experiment_id
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
+from tests.support import TINY_WIDTH, tiny_config, tiny_state, use_home, write_config
+
+pytestmark = pytest.mark.unit
+
 CLIP_LEN = 5
-TINY = {
-    "name": "tiny-eval",
-    "model": {"width": 0.125, "discriminator_width": 0.125, "syncnet_width": 0.125},
-    "stages": [{"mouth_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-    "data": {"clip_len": CLIP_LEN},
+EVAL = tiny_config(
+    "tiny-eval",
+    data={"clip_len": CLIP_LEN},
     # A tiny expert: enough to find a shifted mouth on the 1.6 s test clips.
-    "syncnet": {"steps": 300, "batch_size": 32, "lr": 1e-3, "max_shift": 6,
-                "min_accuracy": 0.0},
-    "evaluation": {"sync_offsets": 6, "max_frames": 40},
-}
-
-
-def write_config(folder: Path, shards: Path, **changes) -> Path:
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data["data"]["shards"] = str(shards)
-    for key, value in changes.items():
-        data[key] = value
-    path = folder / "tiny-eval.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    syncnet={"steps": 300, "batch_size": 32, "lr": 1e-3, "max_shift": 6, "min_accuracy": 0.0},
+    evaluation={"sync_offsets": 6, "max_frames": 40},
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +60,8 @@ def trained(prepared_dir, tmp_path_factory):
     """One sync expert trained by the job (MLflow run + registry) in a private home."""
     root = tmp_path_factory.mktemp("eval-home")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DINET_HOME", str(root / "home"))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        config = load_config(write_config(root, prepared_dir))
+        use_home(patch, root / "home")
+        config = load_config(write_config(root, EVAL, prepared_dir))
         client = client_for(config.tracking)
         outcome = run_train_syncnet(config, client)
         expert, source = find_sync_expert(config, client)
@@ -81,21 +70,16 @@ def trained(prepared_dir, tmp_path_factory):
 
 
 @pytest.fixture
-def home(trained, monkeypatch) -> Path:
-    monkeypatch.setenv("DINET_HOME", str(trained["home"]))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return trained["home"]
+def expert_home(trained, monkeypatch) -> Path:
+    """The module's store, where the sync expert is registered."""
+    return use_home(monkeypatch, trained["home"])
 
 
 def tiny_checkpoint(folder: Path, config, seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    generator = build_generator(config.model)
-    return save_checkpoint(folder, {
-        "generator": generator.state_dict(), "discriminators": {}, "optimizers": None,
-        "epoch": 0, "mouth_size": 64, "config": config.model_dump(mode="json"), "metrics": {},
-    })
+    return save_checkpoint(folder, tiny_state(config, seed=seed))
 
 
+@pytest.mark.slow
 def test_evaluation_core_imports_neither_ray_nor_mlflow():
     code = ("import sys, dinet_platform.evaluation.evaluate, dinet_platform.evaluation.outputs, "
             "dinet_platform.promotion.gates; "
@@ -146,7 +130,7 @@ class _OracleExpert(SyncNet):
     so the face of frames t.. matches exactly the audio of frames t.. ."""
 
     def __init__(self) -> None:
-        super().__init__(frames=3, audio_channels=2, width=0.125)
+        super().__init__(frames=3, audio_channels=2, width=TINY_WIDTH)
 
     def embed_face(self, mouth_clip):
         values = mouth_clip.mean(dim=(2, 3, 4))
@@ -199,6 +183,7 @@ def test_sync_expert_pairs_audio_exactly_as_training(prepared_dir):
         assert torch.equal(video.float_frames(t, t + CLIP_LEN), sample["clip"])
 
 
+@pytest.mark.slow
 def test_trained_expert_is_registered_and_finds_a_shifted_mouth(trained, prepared_dir):
     outcome, config = trained["outcome"], trained["config"]
     assert 0.0 <= outcome.metrics["val_accuracy"] <= 1.0 and outcome.metrics["val_pairs"] > 0
@@ -249,7 +234,10 @@ def test_trained_expert_is_registered_and_finds_a_shifted_mouth(trained, prepare
 # --------------------------------------------------------------------------- the evaluation job
 
 
-def test_evaluation_run_compares_models_with_baselines(trained, prepared_dir, home, tmp_path):
+@pytest.mark.slow
+def test_evaluation_run_compares_models_with_baselines(
+    trained, prepared_dir, expert_home, tmp_path
+):
     config = trained["config"]
     client = client_for(config.tracking)
     checkpoint = tiny_checkpoint(tmp_path / "model", config)
@@ -297,8 +285,9 @@ def test_evaluation_run_compares_models_with_baselines(trained, prepared_dir, ho
     assert outcome.json_path.with_name("mouth_strip.png").stat().st_size > 5_000
 
 
+@pytest.mark.slow
 def test_models_of_other_sizes_are_measured_at_one_size(prepared_dir, tmp_path):
-    config = load_config(write_config(tmp_path, prepared_dir))
+    config = load_config(write_config(tmp_path, EVAL, prepared_dir))
     small = tiny_checkpoint(tmp_path / "m64", config)
     wider = config.model_copy(update={"stages": [config.stages[0].model_copy(
         update={"mouth_size": 96})]})
@@ -316,8 +305,9 @@ def test_models_of_other_sizes_are_measured_at_one_size(prepared_dir, tmp_path):
     assert "lse_c" not in result.metrics["a"]  # no expert: no sync metrics
 
 
-def test_evaluate_command_and_bad_input(trained, prepared_dir, home, tmp_path):
-    config_path = write_config(tmp_path, prepared_dir)
+@pytest.mark.slow
+def test_evaluate_command_and_bad_input(trained, prepared_dir, expert_home, tmp_path):
+    config_path = write_config(tmp_path, EVAL, prepared_dir)
     client = client_for(trained["config"].tracking)
     experiment = experiment_id(client, trained["config"].tracking.experiment)
     before = len(client.search_runs([experiment]))

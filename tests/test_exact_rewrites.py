@@ -20,7 +20,9 @@ from dinet_platform.optimize.structure import FloatWarp
 from dinet_platform.optimize.upsampling import SubpixelUpConvReLU, is_subpixel_candidate
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.test_inference import MOUTH, randomize_batchnorm
+from tests.support import MOUTH, randomize_batchnorm
+
+pytestmark = pytest.mark.unit
 
 # -- the AdaAT warp as 2-D sampling -----------------------------------------------------------
 
@@ -65,6 +67,7 @@ def test_fft_conv_takes_only_the_shapes_it_is_faster_for():
         FFTConv2d(torch.nn.Conv2d(128, 128, 3, padding=1))
 
 
+@pytest.mark.slow
 def test_structure_mode_runs_the_alignment_convs_by_fft_and_exports(tmp_path: Path):
     """At width 0.25 the alignment body has 32 channels, enough for FFT: ``structure`` swaps
     its two 11x11 convs, stays within float rounding of fp32, and still exports."""

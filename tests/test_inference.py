@@ -41,25 +41,15 @@ from dinet_platform.optimize.structure import InferenceGenerator, prepare_for_in
 from dinet_platform.optimize.weight_storage import FLOAT_LAYERS, INT8_STORED_STAGES
 from torch.nn.utils import parametrize
 
-TINY = 0.125
-MOUTH = 64
+from tests.support import MOUTH, randomize_batchnorm
+from tests.support import TINY_WIDTH as TINY
+
+pytestmark = pytest.mark.unit
+
 # Two int8 runs whose float inputs differ only by rounding (batch size, export vs eager) agree
 # to far better than int8 vs fp32; measured ~55 dB here.
 INT8_REPEAT_PSNR_DB = 45.0
 ALL_ON = AttentionConfig(spatial=True, mouth_focused=True, multi_scale=True, adaptive_fusion=True)
-
-
-def randomize_batchnorm(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial running stats and affine parameters, so folding has something to fold."""
-    generator = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
-    return module.eval()
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +183,7 @@ def test_attention_with_a_closed_gate_is_dropped():
 # -- reference caching -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cache", "all"])
 def test_cached_reference_path_equals_per_frame_encoding(engines, frames, mode):
     """The same engine, features encoded once (batch 1, broadcast) vs per frame.
@@ -217,6 +208,7 @@ def test_cached_reference_path_equals_per_frame_encoding(engines, frames, mode):
 # -- every mode against fp32 -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_every_mode_stays_within_its_tolerance_of_fp32(
     engines, frames, fp32_output, exact_atol, mode
@@ -244,12 +236,14 @@ def serialized_bytes(module: torch.nn.Module) -> int:
     return buffer.tell()
 
 
+@pytest.mark.slow
 def test_static_int8_full_scope_shrinks_the_model(generator, calibration):
     prepared = prepare_for_inference(generator)
     quantized = quantize_static_int8(prepared, calibration, scope="full")
     assert serialized_bytes(quantized) < 0.4 * serialized_bytes(generator)
 
 
+@pytest.mark.slow
 def test_all_stores_the_float_stages_weights_in_int8_and_fp16(engines, generator):
     backend = engines["all"].backend
     stored = {name.removesuffix(".parametrizations.weight.original0").replace("._orig_mod", ""):
@@ -333,6 +327,7 @@ def stored_tensor_bytes(artifact: Path) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_artifacts_load_in_a_fresh_process_without_the_model_code(
     engines, frames, tmp_path: Path
 ):

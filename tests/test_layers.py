@@ -36,6 +36,7 @@ def test_every_package_sits_in_a_layer_and_imports_only_downwards(modules):
     assert graph.violations(modules) == []
 
 
+@pytest.mark.slow
 def test_the_core_loads_without_ray_mlflow_fastapi_or_typer(modules):
     # The graph reads imports statically; this checks what importing the core really loads.
     core = sorted(f"dinet_platform.{name}" for name, module in modules.items()

@@ -24,6 +24,8 @@ from dinet_platform.losses import (
     warp,
 )
 
+pytestmark = pytest.mark.unit
+
 HEIGHT, WIDTH = 104, 80  # the crop of mouth size 64
 MARGIN = 10  # pixels near the border, where flow has to guess
 

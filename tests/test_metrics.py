@@ -10,6 +10,8 @@ import torch
 from dinet_platform.geometry import mouth_mask
 from dinet_platform.metrics import ms_ssim, psnr, ssim, ssim_map
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def image() -> torch.Tensor:

@@ -2,7 +2,8 @@
 ``mlflow server``, a 2-worker training stage spread over both nodes with a shared storage path,
 then the same stage again as a Ray Job through the ``ray job submit`` CLI.
 
-Runs alone with ``make cluster-test``.
+Marked ``cluster``: ``make test`` runs it (with the other cluster tests) in a pytest process of
+its own after the rest, without the session's local Ray; ``make cluster-test`` runs only those.
 """
 
 from __future__ import annotations
@@ -16,24 +17,24 @@ from collections import defaultdict
 
 import mlflow
 import pytest
-import yaml
 from dinet_platform.config import dump_config, load_config
 from dinet_platform.training.submit import CONFIG_VARIABLE, EXCLUDES, PROJECT_ROOT
 
 from tests.cluster import RAY, mlflow_server, ray_cluster
-from tests.test_training import TINY
+from tests.support import PIPELINE, TINY_STAGE, merged, write_config
+
+pytestmark = pytest.mark.cluster
 
 
-def tiny_config(shards, storage) -> dict:
-    config = yaml.safe_load(yaml.safe_dump(TINY))
-    config["name"] = "multinode"
-    config["stages"] = [{"mouth_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3}]
-    config["data"]["shards"] = str(shards)
-    # Each node has 1 CPU and a worker takes 0.6: the two workers cannot share a node, and
-    # the loader tasks (0.2) fit beside them.
-    config["training"].update(cpus_per_worker=0.6, loader_cpus=0.2, max_failures=0,
-                              storage_path=str(storage))
-    return config
+def multinode_config(storage) -> dict:
+    return merged(PIPELINE, {
+        "name": "multinode",
+        "stages": [TINY_STAGE],
+        # Each node has 1 CPU and a worker takes 0.6: the two workers cannot share a node,
+        # and the loader tasks (0.2) fit beside them.
+        "training": {"cpus_per_worker": 0.6, "loader_cpus": 0.2, "max_failures": 0,
+                     "storage_path": str(storage)},
+    })
 
 
 def output(result: subprocess.CompletedProcess) -> str:
@@ -65,8 +66,7 @@ def stage_runs(client: mlflow.MlflowClient, experiment: str) -> list:
 @pytest.mark.timeout(2400)
 def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir, tmp_path):
     storage = tmp_path / "shared-storage"  # one filesystem: shared by both nodes
-    path = tmp_path / "multinode.yaml"
-    path.write_text(yaml.safe_dump(tiny_config(prepared_dir, storage)))
+    path = write_config(tmp_path, multinode_config(storage), prepared_dir)
     # The job trains into another experiment: a new pipeline, not the finished one skipped.
     job_config = load_config(path, ["tracking.experiment=multinode-job"])
 

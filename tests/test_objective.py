@@ -17,7 +17,11 @@ from dinet_platform.training.objective import (
 )
 from dinet_platform.training.validation import ValidationAccumulator
 
-MODEL = ModelConfig(width=0.125, discriminator_width=0.125, syncnet_width=0.125)
+from tests.support import TINY_MODEL
+
+pytestmark = pytest.mark.unit
+
+MODEL = ModelConfig(**TINY_MODEL)
 
 
 def setup(loss: LossConfig, mouth_size: int = 64, syncnet=None):
@@ -62,6 +66,7 @@ def test_sync_term_uses_the_frozen_expert():
     assert all(torch.equal(expert_before[k], after[k]) for k in after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mouth_size", [96, 128])
 def test_step_runs_at_higher_stage_sizes(mouth_size):
     generator, discriminators, objective, optimizers, batch = setup(LossConfig(), mouth_size)
@@ -69,6 +74,7 @@ def test_step_runs_at_higher_stage_sizes(mouth_size):
     assert losses["g_total"] > 0
 
 
+@pytest.mark.slow
 def test_check_models_command_times_every_stage(tmp_path):
     from dinet_platform.cli import app
     from typer.testing import CliRunner

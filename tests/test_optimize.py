@@ -14,23 +14,17 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
-from dinet_platform.models import build_generator
-from dinet_platform.models.checkpoints import save_checkpoint
 from dinet_platform.optimize.modes import (
     EXACT_ATOL,
     MIN_PSNR_DB,
     REORDER_FACTOR,
     OptimizeOptions,
 )
-from dinet_platform.optimize.stand_in import settle_batchnorm
-from dinet_platform.promotion.workflow import register_model
 from dinet_platform.registry.loading import (
     CALIBRATION_BATCHES,
     load_engine,
@@ -38,48 +32,29 @@ from dinet_platform.registry.loading import (
 )
 from dinet_platform.registry.optimizing import measure_psnr
 from dinet_platform.tracking import client_for
-from dinet_platform.training.stage import start_stage_run
 from typer.testing import CliRunner
 
-MOUTH = 64
-TINY = {
-    "name": "tiny-optimize",
-    "model": {"width": 0.125},
-    "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-    "data": {"clip_len": 3},
-}
+from tests.support import MOUTH, register_state, tiny_config, tiny_state, use_home, write_config
+
+pytestmark = [pytest.mark.unit, pytest.mark.slow]
+
+OPTIMIZE = tiny_config("tiny-optimize")
 # Two int8 runs whose float inputs differ only by rounding (artifact vs eager) agree far better
 # than int8 vs fp32 (as in test_inference).
 INT8_REPEAT_PSNR_DB = 45.0
-
-
-def tiny_state(config, shards: Path) -> dict:
-    torch.manual_seed(0)  # before the build: the weights must not depend on earlier tests
-    generator = build_generator(config.model)
-    settle_batchnorm(generator, real_batches(shards, config, MOUTH, count=3, skip=20))
-    return {"generator": generator.state_dict(), "mouth_size": MOUTH,
-            "config": config.model_dump(mode="json"), "epoch": 0, "metrics": {},
-            "optimizers": None, "discriminators": None}
 
 
 @pytest.fixture(scope="module")
 def store(prepared_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("optimize")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DINET_HOME", str(root / "home"))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        data = yaml.safe_load(yaml.safe_dump(TINY))
-        data["data"]["shards"] = str(prepared_dir)
-        config_path = root / "tiny.yaml"
-        config_path.write_text(yaml.safe_dump(data))
+        use_home(patch, root / "home")
+        config_path = write_config(root, OPTIMIZE, prepared_dir)
         config = load_config(config_path)
         client = client_for(config.tracking)
-        run_id = start_stage_run(client, config, MOUTH)
-        save_checkpoint(root / "ckpt", tiny_state(config, prepared_dir))
-        client.log_artifacts(run_id, str(root / "ckpt"), "checkpoint")
-        client.set_terminated(run_id, "FINISHED")
-        outcome = register_model(config, client, run_id, evaluate=False)
-        assert outcome.version == 1
+        settle = real_batches(prepared_dir, config, MOUTH, count=3, skip=20)
+        assert register_state(client, config, tiny_state(config, settle=settle),
+                              root / "ckpt") == 1
         batches = real_batches(prepared_dir, config, MOUTH, count=2, skip=CALIBRATION_BATCHES)
         fp32, _ = load_engine("models:/dinet/1", mode="fp32", client=client)
         model64 = copy.deepcopy(fp32.backend.generator).double()

@@ -9,45 +9,29 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
 from dinet_platform.config.schema import GateConfig
-from dinet_platform.models.checkpoints import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from dinet_platform.models.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from dinet_platform.promotion.gates import check_gates, gates_passed
 from dinet_platform.promotion.workflow import promote, register_model
 from dinet_platform.registry.refs import resolve
 from dinet_platform.registry.versions import SOURCE_RUN_TAG, list_versions, rollback
 from dinet_platform.tracking import client_for
-from dinet_platform.training.pipeline import run_pipeline
-from dinet_platform.training.stage import start_stage_run
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
 from tests.cluster import mlflow_server
+from tests.support import TRAINED, copy_pipeline, log_stage_run, merged, use_home, write_config
 
-TINY = {
-    "name": "tiny-registry",
-    "model": {"width": 0.125, "discriminator_width": 0.125, "syncnet_width": 0.125},
-    "stages": [{"mouth_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-    "data": {"clip_len": 3},
-    "training": {"num_workers": 2, "cpus_per_worker": 0.5, "steps_per_epoch": 2,
-                 "max_failures": 0},
-    # These tests are about the holder gates, promotion and rollback on models trained two
-    # steps; the floor (beat the baselines) has tests of its own and is opened here.
+REGISTRY = merged(TRAINED, {
+    # These tests are about the holder gates, promotion and rollback on a barely trained
+    # model; the floor (beat the baselines) has tests of its own and is opened here.
     "evaluation": {"max_frames": 24, "gates": {"min_mouth_psnr_gain_db": -100.0,
                                                "min_mouth_open_corr": -1.0,
                                                "min_sync_confidence_gain": -100.0}},
-}
+})
 NAME = "dinet"
-
-
-def write_config(folder: Path, shards: Path) -> Path:
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data["data"]["shards"] = str(shards)
-    path = folder / "tiny-registry.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def degraded(state: dict, scale: float = 2.0, seed: int = 0) -> dict:
@@ -62,15 +46,6 @@ def degraded(state: dict, scale: float = 2.0, seed: int = 0) -> dict:
             value = value + noise
         noisy[key] = value
     return {**state, "generator": noisy}
-
-
-def log_stage_run(client, config, state: dict, folder: Path) -> str:
-    """A finished stage run holding ``state`` as its checkpoint (as a pipeline stage would)."""
-    run_id = start_stage_run(client, config, state["mouth_size"])
-    save_checkpoint(folder, {k: v for k, v in state.items() if k != "format"})
-    client.log_artifacts(run_id, str(folder), "checkpoint")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
 
 
 def snapshot(client) -> dict:
@@ -100,26 +75,26 @@ def holder(client, alias: str) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, prepared_dir, tmp_path_factory):
-    """A tiny pipeline trained on Ray (one stage, 2 steps) in a private embedded store."""
+def trained(trained_pipeline, prepared_dir, tmp_path_factory):
+    """The session's tiny trained pipeline (one stage, 2 epochs of 2 steps on Ray), copied
+    into this module's own embedded store."""
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DINET_HOME", str(root / "home"))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        config = load_config(write_config(root, prepared_dir))
+        home = use_home(patch, root / "home")
+        config = load_config(write_config(root, REGISTRY, prepared_dir))
         client = client_for(config.tracking)
-        result = run_pipeline(config, client)
-        state = load_checkpoint(resolve(result.stages[-1].run_id, client).path)
-        yield {"root": root, "config": config, "pipeline": result, "state": state}
+        pipeline = copy_pipeline(trained_pipeline, client)
+        state = load_checkpoint(resolve(pipeline.stage_run_ids[-1], client).path)
+        yield {"home": home, "config": config, "pipeline": pipeline, "state": state}
 
 
 @pytest.fixture
 def embedded(trained, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(trained["root"] / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    use_home(monkeypatch, trained["home"])
     return client_for(trained["config"].tracking)
 
 
+@pytest.mark.ray
 def test_gates_refuse_degraded_accept_better_and_rollback(trained, embedded, tmp_path):
     config, client = trained["config"], embedded
     pipeline = trained["pipeline"]
@@ -127,14 +102,14 @@ def test_gates_refuse_degraded_accept_better_and_rollback(trained, embedded, tmp
     # Register the pipeline's final stage: version 1, alias candidate, provenance as tags.
     first = register_model(config, client, pipeline.run_id)
     assert (first.version, first.existed) == (1, False)
-    assert first.source_run == pipeline.stages[-1].run_id
+    assert first.source_run == pipeline.stage_run_ids[-1]
     version = client.get_model_version(NAME, "1")
     tags = version.tags
-    assert tags[SOURCE_RUN_TAG] == pipeline.stages[-1].run_id
+    assert tags[SOURCE_RUN_TAG] == pipeline.stage_run_ids[-1]
     assert tags["dinet.data_hash"] == client.get_run(pipeline.run_id).data.tags[
         "dinet.data_hash"]
     assert tags["dinet.stages"] == "64" and tags["dinet.mouth_size"] == "64"
-    assert "tiny-registry" in tags["dinet.config"] and tags["dinet.git_commit"]
+    assert TRAINED["name"] in tags["dinet.config"] and tags["dinet.git_commit"]
     assert float(tags["metric.mouth_psnr"]) == pytest.approx(first.metrics["mouth_psnr"],
                                                              rel=1e-4)
     assert holder(client, "candidate") == 1
@@ -198,6 +173,7 @@ def test_gates_refuse_degraded_accept_better_and_rollback(trained, embedded, tmp
     assert set(rows[1]["metrics"]) >= {"mouth_psnr", "mouth_ssim", "warp_error"}
 
 
+@pytest.mark.ray
 def test_bad_input_leaves_the_registry_unchanged(trained, embedded, tmp_path):
     config, client = trained["config"], embedded
     if holder(client, "production") is None:  # runs alone: give it something to protect
@@ -230,7 +206,7 @@ def test_bad_input_leaves_the_registry_unchanged(trained, embedded, tmp_path):
     assert snapshot(client) == before
 
     runner = CliRunner()
-    config_path = write_config(tmp_path, Path(config.data.shards))
+    config_path = write_config(tmp_path, REGISTRY, Path(config.data.shards))
     for argv in (
         ["registry", "promote", "--version", "99", "--to", "production"],
         ["registry", "rollback", "--alias", "staging"],
@@ -243,6 +219,7 @@ def test_bad_input_leaves_the_registry_unchanged(trained, embedded, tmp_path):
     assert snapshot(client) == before
 
 
+@pytest.mark.unit
 def test_gate_rules():
     gates = GateConfig(max_mouth_psnr_drop_db=0.5, max_sync_confidence_drop=0.0,
                        max_warp_error_increase=0.1)
@@ -274,6 +251,7 @@ def test_gate_rules():
     assert passed(same, None)  # no holder yet: the floor alone
 
 
+@pytest.mark.unit
 def test_the_floor_refuses_what_does_not_beat_the_baselines_even_without_a_holder():
     gates = GateConfig()  # the defaults
     paste = {"mouth_psnr": 19.5, "lse_c": 0.03, "mouth_open_corr": 0.0}
@@ -297,11 +275,11 @@ def test_the_floor_refuses_what_does_not_beat_the_baselines_even_without_a_holde
     assert not gates_passed(check_gates(syncing, None, gates, None))
 
 
-def test_registry_against_a_real_mlflow_server(prepared_dir, tmp_path, monkeypatch):
+@pytest.mark.cluster
+def test_registry_against_a_real_mlflow_server(prepared_dir, home, tmp_path, monkeypatch):
     with mlflow_server(tmp_path / "server") as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-        config_path = write_config(tmp_path, prepared_dir)
+        config_path = write_config(tmp_path, REGISTRY, prepared_dir)
         config = load_config(config_path)
         client = client_for(config.tracking)
         assert client.tracking_uri == url
@@ -373,22 +351,17 @@ def held_out_shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
+@pytest.mark.ray
 def test_the_floor_refuses_a_barely_trained_model_and_accepts_the_base_model(
-    trained, held_out_shards, tmp_path, monkeypatch
+    trained, held_out_shards, home, tmp_path
 ):
-    """With the default gates and no holder: the 2-step model is refused on the floor, the
-    committed base model (which lip-syncs) is promoted without forcing."""
+    """With the default gates and no holder: the barely trained model is refused on the
+    floor, the committed base model (which lip-syncs) is promoted without forcing."""
     from dinet_platform.demo import BASE_MODEL
 
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data["evaluation"] = {"max_frames": 100}  # default gates
-    data["data"]["shards"] = str(held_out_shards)
-    data["tracking"] = {"registered_model": "dinet-floor"}
-    path = tmp_path / "floor.yaml"
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
+    floor = {**TRAINED, "name": "floor", "evaluation": {"max_frames": 100},  # default gates
+             "tracking": {"registered_model": "dinet-floor"}}
+    config = load_config(write_config(tmp_path, floor, held_out_shards))
     client = client_for(config.tracking)
 
     barely = log_stage_run(client, config, trained["state"], tmp_path / "barely")

@@ -1,4 +1,5 @@
-"""The demo report: one self-contained HTML file from a real tiny pipeline run in MLflow."""
+"""The demo report: one self-contained HTML file from a real tiny pipeline run in MLflow (the
+session's trained pipeline, copied into this module's own store)."""
 
 from __future__ import annotations
 
@@ -6,41 +7,36 @@ import base64
 import re
 
 import pytest
-import yaml
 from dinet_platform.config import load_config
 from dinet_platform.evaluation.outputs import format_value, read_report
 from dinet_platform.evaluation.runs import run_evaluation
 from dinet_platform.pipeline_report import write_report
 from dinet_platform.tracking import KIND_TAG, client_for, experiment_id
-from dinet_platform.training.pipeline import run_pipeline
 from dinet_platform.tuning.results import SweepReport, TrialRow
 
-from tests.test_training import TINY
+from tests.support import copy_pipeline, merged, use_home, write_config
+
+pytestmark = pytest.mark.ray
 
 PNG = b"\x89PNG\r\n\x1a\n"
 IMAGE = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
 @pytest.fixture(scope="module")
-def recorded(ray_local, prepared_dir, tmp_path_factory):
-    """A one-stage tiny pipeline (2 epochs), its evaluation and a sweep run, in a private
-    SQLite store."""
+def recorded(trained_pipeline, prepared_dir, tmp_path_factory):
+    """A one-stage tiny pipeline (2 epochs, attention maps), its evaluation and a sweep run,
+    in a private SQLite store."""
     root = tmp_path_factory.mktemp("report")
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data.update(name="report", stages=[TINY["stages"][0]])
-    data["data"]["shards"] = str(prepared_dir)
-    data["evaluation"] = {"max_frames": 16}
-    (root / "report.yaml").write_text(yaml.safe_dump(data))
+    data = merged(trained_pipeline.config, {"evaluation": {"max_frames": 16}})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DINET_HOME", str(root / "home"))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        config = load_config(root / "report.yaml")
+        home = use_home(patch, root / "home")
+        config = load_config(write_config(root, data, prepared_dir))
         client = client_for(config.tracking)
-        pipeline = run_pipeline(config, client)
-        stage_run = pipeline.stages[0].run_id
+        pipeline = copy_pipeline(trained_pipeline, client)
+        pipeline_run, (stage_run,) = pipeline.run_id, pipeline.stage_run_ids
         evaluation = run_evaluation(
             config, client,
-            [("candidate", pipeline.run_id), ("production", f"runs:/{stage_run}/best_checkpoint")],
+            [("candidate", pipeline_run), ("production", f"runs:/{stage_run}/best_checkpoint")],
             shards=prepared_dir, out_dir=root / "evaluation",
         )
         # A sweep parent run carrying what a sweep logs, written by the sweep's own writer.
@@ -55,9 +51,9 @@ def recorded(ray_local, prepared_dir, tmp_path_factory):
             client.log_artifact(sweep.info.run_id, str(path))
         for key, value in report.summary_metrics().items():
             client.log_metric(sweep.info.run_id, key, value)
-        yield {"client": client, "pipeline": pipeline.run_id, "stage": stage_run,
+        yield {"client": client, "pipeline": pipeline_run, "stage": stage_run,
                "evaluation": evaluation, "sweep": sweep.info.run_id, "root": root,
-               "home": root / "home"}
+               "home": home}
 
 
 def test_report_is_one_self_contained_file_with_every_section(recorded, synth_dir, tmp_path):
@@ -106,7 +102,7 @@ def test_report_is_one_self_contained_file_with_every_section(recorded, synth_di
 
 
 def test_defaults_and_missing_inputs(recorded, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(recorded["home"]))
+    use_home(monkeypatch, recorded["home"])
     path = write_report(recorded["client"], recorded["pipeline"])
     assert path == recorded["home"] / "demo" / "report.html"
     text = path.read_text()

@@ -20,9 +20,6 @@ from dinet_platform.config import validate_config
 from dinet_platform.config.loader import ConfigError
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.media.io import probe_video
-from dinet_platform.models.checkpoints import save_checkpoint
-from dinet_platform.models.factory import build_generator
-from dinet_platform.promotion.workflow import register_model
 from dinet_platform.ray_runtime import free_port
 from dinet_platform.registry.versions import move_alias
 from dinet_platform.serving import api
@@ -31,29 +28,11 @@ from dinet_platform.serving.client import LipSyncClient, LipSyncError
 from dinet_platform.serving.model import load_served_model
 from dinet_platform.serving.settings import ServeAppConfig, validate_args
 from dinet_platform.tracking import client_for
-from dinet_platform.training.stage import start_stage_run
 
-MOUTH = 64
+from tests.support import MOUTH, register_state, tiny_config, tiny_state, use_home
+
 TOKEN = "test-token-0123456789abcdef"
-TINY = {
-    "name": "tiny-serve",
-    "model": {"width": 0.125},
-    "stages": [{"mouth_size": MOUTH, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-}
-
-
-def register_version(client, config, seed: int, folder: Path) -> int:
-    """A finished stage run holding a freshly initialised tiny generator, registered."""
-    torch.manual_seed(seed)
-    generator = build_generator(config.model)
-    state = {"generator": generator.state_dict(), "discriminators": None, "optimizers": None,
-             "epoch": 0, "mouth_size": MOUTH, "config": config.model_dump(mode="json"),
-             "metrics": {}}
-    run_id = start_stage_run(client, config, MOUTH)
-    save_checkpoint(folder, state)
-    client.log_artifacts(run_id, str(folder), "checkpoint")
-    client.set_terminated(run_id, "FINISHED")
-    return register_model(config, client, run_id, evaluate=False).version
+SERVE = tiny_config("tiny-serve")
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +44,14 @@ def served(ray_local, prepared_dir, tmp_path_factory):
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DINET_HOME", str(root / "home"))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        use_home(patch, root / "home")
         patch.delenv("DINET_API_TOKEN", raising=False)
         patch.setenv("DINET_API_TOKEN_FILE", str(token_file))
-        config = validate_config({**TINY, "data": {"shards": str(prepared_dir)}})
+        config = validate_config({**SERVE, "data": {"shards": str(prepared_dir)}})
         client = client_for(config.tracking)
-        v1 = register_version(client, config, 0, root / "v1")
-        v2 = register_version(client, config, 1, root / "v2")
+        # two versions of a fresh tiny generator (seeds 0 and 1): the hot swap moves between
+        v1 = register_state(client, config, tiny_state(config, seed=0), root / "v1")
+        v2 = register_state(client, config, tiny_state(config, seed=1), root / "v2")
         move_alias(client, "dinet", "production", v1)
         port = free_port()
         args = {
@@ -128,6 +107,7 @@ def avatar(http, synth_dir):
     return body["avatar_id"]
 
 
+@pytest.mark.serve
 def test_avatar_from_five_frames_and_landmarks(served, http, synth_dir):
     video = sorted(synth_dir.glob("*.mp4"))[0]
     decoded = probe_video(video).frames
@@ -166,6 +146,7 @@ def frames_npy(http, avatar_id: str, feats: np.ndarray, start: int = 0) -> httpx
                      json={"features": feats.tolist(), "start": start, "format": "npy"})
 
 
+@pytest.mark.serve
 def test_health_readiness_and_model_info(served, http):
     assert httpx.get(served["url"] + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(served["url"] + "/readyz", timeout=30)
@@ -177,20 +158,25 @@ def test_health_readiness_and_model_info(served, http):
     assert httpx.get(served["url"] + "/docs").status_code == 200
 
 
+@pytest.mark.serve
 def test_http_goes_through_haproxy_straight_to_the_ingress_replica(served, http):
     """The embedded Ray runs Serve in its throughput mode: HAProxy in front, no Python proxy on
     the request path (the ingress replica listens itself), and the ingress calls the model over
     gRPC, although the test process that deployed the app is not in that mode itself."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = {actor.class_name for actor in list_actors(filters=[("state", "=", "ALIVE")],
-                                                         limit=1000)}
+    # this session's Ray by its address: other Rays on the machine must not confuse the lookup
+    alive = {actor.class_name for actor in list_actors(
+        address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+        limit=1000)}
     assert "HAProxyManager" in alive, alive
     info = http.get("/v1/model")
     assert info.status_code == 200
     assert info.json()["transport"] == "grpc"
 
 
+@pytest.mark.unit
 def test_serve_mode_is_left_to_an_environment_that_chooses(monkeypatch):
     from dinet_platform.ray_runtime import serve_throughput_env
 
@@ -205,6 +191,7 @@ def test_serve_mode_is_left_to_an_environment_that_chooses(monkeypatch):
     assert serve_throughput_env() == {}
 
 
+@pytest.mark.serve
 def test_frames_match_the_offline_engine(served, http, avatar):
     feats = features(6, 0)
     response = frames_npy(http, avatar, feats, start=2)
@@ -244,6 +231,7 @@ def test_frames_match_the_offline_engine(served, http, avatar):
     assert base64.b64decode(body["frames"][0])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.serve
 def test_concurrent_callers_are_batched(served, avatar):
     async def call(client, i):
         response = await client.post(f"/v1/avatars/{avatar}/frames",
@@ -268,6 +256,7 @@ def test_concurrent_callers_are_batched(served, avatar):
     assert after["compute_seconds"] > before["compute_seconds"]
 
 
+@pytest.mark.serve
 def test_overload_is_503_with_retry_after_never_an_unbounded_queue(served, avatar):
     """16 queued + 8 in flight is all the model deployment accepts; the rest is refused."""
     payload = {"features": features(16, 1).tolist(), "format": "npy"}
@@ -287,6 +276,7 @@ def test_overload_is_503_with_retry_after_never_an_unbounded_queue(served, avata
     assert refused[0].json()["error"]["field"] == "server"
 
 
+@pytest.mark.serve
 def test_auth_is_required_on_every_v1_route(served, avatar):
     routes = [("GET", "/v1/model"), ("POST", "/v1/admin/reload"), ("POST", "/v1/avatars"),
               ("GET", f"/v1/avatars/{avatar}"), ("DELETE", f"/v1/avatars/{avatar}"),
@@ -302,6 +292,7 @@ def test_auth_is_required_on_every_v1_route(served, avatar):
     assert httpx.get(served["url"] + "/healthz").status_code == 200
 
 
+@pytest.mark.serve
 def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, tmp_path):
     url = f"/v1/avatars/{avatar}/frames"
     check(http.post("/v1/avatars/" + "0" * 32 + "/frames", json={"features": [[0] * 29]}),
@@ -348,6 +339,7 @@ def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, 
                     headers={"Content-Type": "application/json"}), 413, "body")
 
 
+@pytest.mark.unit
 def test_avatar_ids_cannot_escape_the_store(tmp_path):
     store = AvatarStore(tmp_path / "avatars")
     (tmp_path / "secret").mkdir()
@@ -357,6 +349,7 @@ def test_avatar_ids_cannot_escape_the_store(tmp_path):
         assert not store.exists(bad)
 
 
+@pytest.mark.unit
 def test_bad_settings_are_refused_naming_the_field(monkeypatch):
     with pytest.raises(ConfigError, match=r"serving: max_ongoing_requests \(4\)"):
         validate_args({"serving": {"max_batch_size": 16, "max_ongoing_requests": 4}})
@@ -373,6 +366,7 @@ def test_bad_settings_are_refused_naming_the_field(monkeypatch):
         load_token({"DINET_API_TOKEN": "short"})
 
 
+@pytest.mark.serve
 def test_hot_swap_under_load_fails_no_request(served, http, avatar):
     results: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -416,6 +410,7 @@ def test_hot_swap_under_load_fails_no_request(served, http, avatar):
     assert info["model"]["mouth_size"] == crop.mouth_size
 
 
+@pytest.mark.serve
 def test_reapplying_the_config_serves_the_moved_alias(served, http):
     """The other swap path: move the alias, deploy the same config again (a fresh
     user_config stamp makes Serve call reconfigure, which re-resolves the alias)."""
@@ -433,6 +428,7 @@ def test_reapplying_the_config_serves_the_moved_alias(served, http):
         time.sleep(0.5)
     assert http.get("/v1/model").json()["model"]["version"] == target
 
+@pytest.mark.unit
 def test_dinet_serve_refuses_bad_settings_and_a_missing_token(tmp_path, monkeypatch):
     from dinet_platform.cli import app
     from typer.testing import CliRunner
@@ -449,6 +445,7 @@ def test_dinet_serve_refuses_bad_settings_and_a_missing_token(tmp_path, monkeypa
     assert result.exit_code == 2 and "no API token" in result.output
 
 
+@pytest.mark.serve
 def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
     import av
 
@@ -492,6 +489,7 @@ def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
     assert http.get("/v1/dub/../../etc/passwd").status_code == 404
 
 
+@pytest.mark.serve
 def test_served_log_mel_model_states_its_features_and_refuses_deepspeech_ones(
         served, http, avatar):
     """The audio-feature contract on the real app (a DeepSpeech model's side runs in process
@@ -509,6 +507,7 @@ def test_served_log_mel_model_states_its_features_and_refuses_deepspeech_ones(
     assert "send only 'audio'" in refused.json()["error"]["message"]
 
 
+@pytest.mark.serve
 def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
     """A real photo (scikit-image's astronaut, Eileen Collins) as a still avatar, driven by real
     speech (espeak-ng) over HTTP: the mouth changes, and every pixel outside the blended mouth

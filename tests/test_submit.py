@@ -6,18 +6,16 @@ import subprocess
 import sys
 
 import mlflow
-import yaml
+import pytest
 
 from tests.cluster import RAY
+from tests.support import PIPELINE, write_config
 
 
+@pytest.mark.cluster
 def test_each_stage_runs_as_a_ray_job_with_token_auth(ray_head, prepared_dir, tmp_path):
-    from tests.test_training import TINY
-
     address, env = ray_head.dashboard, ray_head.env
-    config = {**TINY, "data": {**TINY["data"], "shards": str(prepared_dir)}}
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(tmp_path, PIPELINE, prepared_dir)
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**env, "MLFLOW_TRACKING_URI": tracking, "DINET_HOME": str(tmp_path / "home")}
 
@@ -37,6 +35,7 @@ def test_each_stage_runs_as_a_ray_job_with_token_auth(ray_head, prepared_dir, tm
     assert stages[0].data.params["epochs"] == "1"  # the --set travelled with the job
 
 
+@pytest.mark.cluster
 def test_submission_without_the_token_is_refused(ray_head, tmp_path):
     address, env = ray_head.dashboard, ray_head.env
     env = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
@@ -49,6 +48,7 @@ def test_submission_without_the_token_is_refused(ray_head, tmp_path):
     assert "token" in (result.stdout + result.stderr).lower()
 
 
+@pytest.mark.unit
 def test_a_local_tracking_store_is_forwarded_with_a_warning_and_a_server_without():
     from dinet_platform.training.submit import job_environment
     from rich.console import Console

@@ -15,16 +15,16 @@ from dinet_platform.config import ConfigError, load_config
 from dinet_platform.config.sweep import load_sweep_config
 from dinet_platform.tracking import PARENT_TAG, client_for, experiment_id
 
+from tests.support import ATTENTION, tiny_config, use_home
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 
-BASE = {
-    "name": "sweep-base",
-    "model": {"variant": "dinet_attention", "width": 0.125, "discriminator_width": 0.125,
-              "attention": {"mouth_focused": True, "reduction": 4, "positions": ["appearance"]}},
-    "stages": [{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}],
-    "data": {"clip_len": 3},
-    "training": {"steps_per_epoch": 1},
-}
+BASE = tiny_config(
+    "sweep-base",
+    model=ATTENTION,
+    stages=[{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}],
+    training={"steps_per_epoch": 1},
+)
 
 
 def write_sweep(tmp_path: Path, shards: Path | None = None, **changes) -> Path:
@@ -51,12 +51,14 @@ def write_sweep(tmp_path: Path, shards: Path | None = None, **changes) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_shipped_sweep_config_is_valid():
     sweep, base = load_sweep_config(CONFIGS / "sweep.yaml")
     assert sweep.stage in [s.mouth_size for s in base.stages]
     assert {"loss.temporal.frame_diff", "model.attention.mouth_region_weight"} <= set(sweep.space)
 
 
+@pytest.mark.unit
 def test_init_from_resolves_like_base_config(tmp_path, monkeypatch):
     """A local init_from is read relative to the sweep file (as the demo's ../models/base is);
     run ids and URIs pass through untouched."""
@@ -73,6 +75,7 @@ def test_init_from_resolves_like_base_config(tmp_path, monkeypatch):
         assert sweep.init_from == reference
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("space", "detail"),
     [
@@ -93,14 +96,14 @@ def test_bad_search_space_is_refused_naming_the_entry(tmp_path, space, detail):
     assert detail in str(excinfo.value)
 
 
+@pytest.mark.unit
 def test_stage_must_be_in_the_base_config(tmp_path):
     with pytest.raises(ConfigError, match="no stage with mouth_size 96"):
         load_sweep_config(write_sweep(tmp_path, stage=96))
 
 
 def sweep_env(tmp_path: Path, monkeypatch) -> dict[str, str]:
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    use_home(monkeypatch, tmp_path / "home")
     return {**os.environ}
 
 
@@ -109,6 +112,7 @@ def finished_trials(client, experiment: str) -> int:
     return sum(run.info.status == "FINISHED" for run in runs)
 
 
+@pytest.mark.ray
 def test_interrupted_sweep_resumes_then_stops_weak_trials_and_writes_best_config(
     ray_local, prepared_dir, tmp_path, monkeypatch
 ):
@@ -165,6 +169,7 @@ def test_interrupted_sweep_resumes_then_stops_weak_trials_and_writes_best_config
     assert client.get_metric_history(children[0].info.run_id, "val_score")
 
 
+@pytest.mark.ray
 def test_failing_trial_is_retried_recorded_failed_and_the_sweep_goes_on(
     ray_local, prepared_dir, tmp_path, monkeypatch
 ):

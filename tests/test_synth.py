@@ -22,6 +22,8 @@ from dinet_platform.synth.videos import (
 )
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.unit
+
 SECONDS, SIZE = 2.0, 128
 
 
@@ -251,6 +253,7 @@ def test_bad_arguments_are_named(tmp_path: Path, kwargs: dict, message: str) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_synth_writes_the_clips(tmp_path: Path) -> None:
     from dinet_platform.cli import app
 

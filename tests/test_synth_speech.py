@@ -13,6 +13,8 @@ from dinet_platform.synth import speech as ss
 from dinet_platform.synth.audio import PHONES
 from dinet_platform.synth.videos import SynthClip, synthesize_dataset, synthesize_video
 
+pytestmark = pytest.mark.unit
+
 FPS, RATE = 25, 16000
 
 
@@ -28,6 +30,7 @@ def audio_of(path: Path) -> np.ndarray:
         return np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
 
 
+@pytest.mark.slow
 def test_the_engine_reports_phonemes_inside_its_audio() -> None:
     voice = ss.SpeechVoice("en-us", "m1", 50, 50, 160)
     utterance, again = ss.speak_fresh(["Papa may buy a blue boat."] * 2, voice)
@@ -51,6 +54,7 @@ def test_espeak_phonemes_map_to_platform_phones(mnemonic: str, phone: str) -> No
     assert ss.platform_phone(mnemonic) == phone and phone in PHONES
 
 
+@pytest.mark.slow
 def test_mouth_rests_in_the_engines_pauses_and_opens_on_open_vowels(clip: SynthClip) -> None:
     truth = json.loads(clip.truth.read_text())
     opening = np.array([f["opening"] for f in truth["frames"]])
@@ -70,6 +74,7 @@ def test_mouth_rests_in_the_engines_pauses_and_opens_on_open_vowels(clip: SynthC
     assert np.median(opening[open_vowels]) > 0.3
 
 
+@pytest.mark.slow
 def test_mouth_opening_follows_the_speech_energy_without_delay(clip: SynthClip) -> None:
     truth = json.loads(clip.truth.read_text())
     opening = np.array([f["mouth_open_px"] for f in truth["frames"]])
@@ -84,6 +89,7 @@ def test_mouth_opening_follows_the_speech_energy_without_delay(clip: SynthClip) 
     assert truth["voice"]["engine"] == "espeak-ng"
 
 
+@pytest.mark.slow
 def test_voice_pools_share_no_accent_and_no_variant(tmp_path: Path) -> None:
     (train_accents, train_variants), (held_accents, held_variants) = (
         ss.VOICE_POOLS["train"], ss.VOICE_POOLS["held-out"])
@@ -101,6 +107,7 @@ def test_voice_pools_share_no_accent_and_no_variant(tmp_path: Path) -> None:
         ss.speak_fresh(["Hello."], ss.SpeechVoice("en-xx", "m1", 50, 50, 160))
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes(tmp_path: Path) -> None:
     a = synthesize_video(tmp_path / "a", "x", 2.0, seed=4, size=64, speech="tts")
     b = synthesize_video(tmp_path / "b", "x", 2.0, seed=4, size=64, speech="tts")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from dinet_platform.cli import app
 from dinet_platform.config import load_config
 from dinet_platform.models.checkpoints import load_checkpoint
@@ -19,41 +18,7 @@ from dinet_platform.training.pipeline import run_pipeline
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
-TINY = {
-    "name": "tiny",
-    "model": {
-        "variant": "dinet_attention",
-        "width": 0.125,
-        "discriminator_width": 0.125,
-        "syncnet_width": 0.125,
-        "attention": {"mouth_focused": True, "reduction": 4, "positions": ["appearance"]},
-    },
-    "stages": [
-        {"mouth_size": 64, "epochs": 2, "batch_size": 2, "lr": 1e-3},
-        # lr ~ 0: stage 96 must end where stage 64 ended if it started from its weights.
-        {"mouth_size": 96, "epochs": 1, "batch_size": 2, "lr": 1e-12},
-    ],
-    "data": {"clip_len": 3},
-    "training": {"num_workers": 2, "cpus_per_worker": 0.5, "steps_per_epoch": 2,
-                 "max_failures": 1},
-}
-
-
-def write_config(tmp_path: Path, shards: Path, **changes) -> Path:
-    data = yaml.safe_load(yaml.safe_dump(TINY))
-    data["data"]["shards"] = str(shards)
-    for key, value in changes.items():
-        data[key] = value
-    path = tmp_path / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
+from tests.support import PIPELINE, write_config
 
 
 def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
@@ -63,10 +28,11 @@ def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
     return found
 
 
+@pytest.mark.ray
 def test_pipeline_hands_weights_from_stage_to_stage_and_resumes(
     ray_local, prepared_dir, home, tmp_path
 ):
-    config = load_config(write_config(tmp_path, prepared_dir))
+    config = load_config(write_config(tmp_path, PIPELINE, prepared_dir))
     client = client_for(config.tracking)
 
     # "Interrupted" after the first stage: only 64 ran.
@@ -118,11 +84,11 @@ def train_worker_pids() -> list[int]:
     return sorted(pids)
 
 
+@pytest.mark.ray
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, prepared_dir, home, tmp_path):
-    path = write_config(
-        tmp_path, prepared_dir, name="faulty",
-        stages=[{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}],
-    )
+    faulty = {**PIPELINE, "name": "faulty",
+              "stages": [{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}]}
+    path = write_config(tmp_path, faulty, prepared_dir)
     config = load_config(path)
     client = client_for(config.tracking)
     experiment = experiment_id(client, config.tracking.experiment)
@@ -160,14 +126,15 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, prepared_dir, hom
     assert running == []
 
 
+@pytest.mark.unit
 def test_bad_inputs_fail_before_any_worker_starts(prepared_dir, home, tmp_path):
-    config = load_config(write_config(tmp_path, prepared_dir))
+    config = load_config(write_config(tmp_path, PIPELINE, prepared_dir))
     client = client_for(config.tracking)
     with pytest.raises(ValueError, match="training data"):
         check_stage_inputs(config, 64, client, shards=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="does not exist"):
         check_stage_inputs(config, 64, client, init_from="0" * 32)
-    wider = load_config(write_config(tmp_path, prepared_dir, name="wider"),
+    wider = load_config(write_config(tmp_path, {**PIPELINE, "name": "wider"}, prepared_dir),
                         ["model.width=0.25"])
     from dinet_platform.models import build_generator
 
@@ -179,18 +146,20 @@ def test_bad_inputs_fail_before_any_worker_starts(prepared_dir, home, tmp_path):
         check_stage_inputs(config, 80, client)
 
 
+@pytest.mark.unit
 def test_train_command_reports_bad_input_with_exit_code(prepared_dir, home, tmp_path):
-    path = write_config(tmp_path, tmp_path / "missing-shards")
+    path = write_config(tmp_path, PIPELINE, tmp_path / "missing-shards")
     result = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert result.exit_code == 2
     assert "training data" in result.output
 
 
+@pytest.mark.unit
 def test_pipeline_key_follows_only_what_training_depends_on():
     from dinet_platform.config import DINetConfig
     from dinet_platform.training.pipeline import pipeline_key
 
-    base = DINetConfig.model_validate(TINY)
+    base = DINetConfig.model_validate(PIPELINE)
     key = pipeline_key(base, "data-1")
     unrelated = base.model_copy(deep=True)
     unrelated.syncnet.steps += 1
