@@ -20,11 +20,9 @@ from typer.testing import CliRunner
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path))
+@pytest.fixture(autouse=True)
+def not_verbose(monkeypatch):
     monkeypatch.delenv(console_logs.VERBOSE_ENV, raising=False)
-    return tmp_path
 
 
 def _console() -> tuple[Console, io.StringIO]:

@@ -15,8 +15,7 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("DINET_HOME", str(tmp_path / "home"))
+def store(home, tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("refs", (tmp_path / "artifacts").as_uri())
     pipeline = client.create_run(experiment, tags={KIND_TAG: "pipeline"}).info.run_id
