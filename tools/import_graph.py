@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1] / "platform" / PACKAGE
 
 # Lowest first: a package may import its own layer and those below it, never one above.
 LAYERS: list[set[str]] = [
-    {"paths", "files", "geometry", "metrics", "config"},  # foundations
+    {"__init__", "paths", "files", "geometry", "metrics", "config"},  # foundations
     {"media", "audio_contract", "models", "losses"},  # frames, sound and networks
     {"synth", "data", "optimize", "runtime"},  # making data; compiling and running models
     {"tracking", "ray_runtime", "registry", "console_logs"},  # MLflow and Ray at the edge; the
