@@ -110,7 +110,8 @@ def _targets(node: ast.Import | ast.ImportFrom, importer: str, is_package: bool)
 def _record(module: Module, target: str, in_function: bool, modules: dict[str, Module]) -> None:
     root = target.split(".")[0]
     if root != PACKAGE:
-        (module.external_any if in_function else module.external_top).add(root)
+        if not in_function:
+            module.external_top.add(root)
         module.external_any.add(root)
         return
     name = target.removeprefix(PACKAGE).lstrip(".") or "__init__"
