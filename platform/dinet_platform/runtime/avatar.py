@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,11 @@ from dinet_platform.files import replace_dir
 from dinet_platform.geometry import CropGeometry, crop_geometry, mouth_mask
 from dinet_platform.media.crops import CropError, CropTrack, cut_crop, plan_crops
 from dinet_platform.media.io import (
+    CONTAINER_SUFFIXES,
     MediaError,
+    MediaLimitError,
+    MediaLimits,
+    media_container,
     probe_video,
     resample_indices,
     write_lossless_video,
@@ -62,6 +66,16 @@ DEFAULT_MAX_BYTES = 4 << 30
 
 class AvatarError(ValueError):
     """The video cannot become an avatar; the message names the file and the reason."""
+
+
+class AvatarLimitError(AvatarError):
+    """The video or images are over a :class:`~dinet_platform.media.io.MediaLimits` bound
+    (an API answers 413); ``limit`` names the bound, as
+    :class:`~dinet_platform.media.io.MediaLimitError` does."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 def spread_references(num_frames: int, count: int) -> np.ndarray:
@@ -121,28 +135,36 @@ class Avatar:
         landmarks: str | Path | None = None,
         feather: float = DEFAULT_FEATHER,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        limits: MediaLimits | None = None,
     ) -> Avatar:
         """Prepare ``video`` (any container PyAV reads; its audio is ignored) for a model of
         ``mouth_size`` whose data settings are ``data``. ``landmarks`` is an OpenFace CSV with
         one row per source frame; without it faces are detected. Raises :class:`AvatarError`
-        naming the problem."""
+        naming the problem.
+
+        The decoded frames are held in memory: past ``max_bytes`` (or
+        ``limits.max_decoded_bytes``) decoding stops and the video is refused. ``limits``
+        (for uploads) open it only in an allowlisted container and bound its frame size, its
+        frames at ``data.fps`` (``max_frames``: the avatar's frame count) and its decoded
+        frames, from the headers before decoding and while decoding;
+        :class:`AvatarLimitError` names the bound it passed."""
         data = data or DataConfig()
         video = Path(video)
         geometry = crop_geometry(mouth_size)
         try:
-            probe = probe_video(video, cache_bytes=max_bytes)
-            if probe.frames is None:
-                raise MediaError(
-                    f"too long to hold in memory ({probe.num_source_frames} frames of "
-                    f"{probe.width}x{probe.height} exceed {max_bytes >> 20} MiB): trim it"
-                )
-            source_index = resample_indices(probe.times, data.fps)
+            probe = probe_video(video, cache_bytes=max_bytes, limits=limits, fps=data.fps,
+                                keep_frames=True)
+            assert probe.frames is not None  # keep_frames: refused when they do not fit
+            source_index = resample_indices(probe.times, data.fps,
+                                            limits.max_frames if limits else None)
             marks = video_landmarks(probe, landmarks, smooth_frames=data.crop_smoothing_frames,
                                     min_coverage=data.min_face_coverage)
             track = plan_crops(
                 marks.points[source_index], (probe.width, probe.height), geometry,
                 margin=data.crop_margin, smooth_frames=data.crop_smoothing_frames,
             )
+        except MediaLimitError as exc:
+            raise AvatarLimitError(exc.limit, f"video {video.name}: {exc}") from None
         except (MediaError, LandmarkError, CropError) as exc:
             raise AvatarError(f"video {video.name}: {exc}") from None
         frames = [probe.frames[int(i)] for i in source_index]
@@ -172,19 +194,38 @@ class Avatar:
         data: DataConfig | None = None,
         landmarks: str | Path | None = None,
         feather: float = DEFAULT_FEATHER,
+        limits: MediaLimits | None = None,
     ) -> Avatar:
         """An avatar from still frames of the face (typically its five reference photos, RGB
         ``uint8``, one size), with ``landmarks`` an OpenFace CSV of one row per image (else
         faces are detected). The frames become a lossless video in ``folder``, which must
-        exist until the avatar is saved; from there it is :meth:`from_video`. Each image's
-        crop is placed on its own landmarks (no smoothing across unrelated photos)."""
+        exist until the avatar is saved; from there it is :meth:`from_video` (under the same
+        ``limits``, which bound the images' count, size and bytes first:
+        :class:`AvatarLimitError`). Each image's crop is placed on its own landmarks (no
+        smoothing across unrelated photos)."""
         data = (data or DataConfig()).model_copy(update={"crop_smoothing_frames": 1})
+        if limits is not None:
+            try:
+                if limits.max_frames is not None and len(images) > limits.max_frames:
+                    raise MediaLimitError("max_frames", f"{len(images)} images, over the limit "
+                                          f"of {limits.max_frames} frames")
+                for index, image in enumerate(images):
+                    limits.check_pixels(image.shape[1], image.shape[0], f"frames part {index}")
+                total = sum(image.nbytes for image in images)
+                if limits.max_decoded_bytes is not None and total > limits.max_decoded_bytes:
+                    raise MediaLimitError("max_decoded_bytes", f"the images hold {total >> 20} "
+                                          f"MiB, over the limit of "
+                                          f"{limits.max_decoded_bytes >> 20} MiB")
+            except MediaLimitError as exc:
+                raise AvatarLimitError(exc.limit, f"frames: {exc}") from None
         try:
             video = write_lossless_video(images, Path(folder) / "frames.mkv", data.fps)
         except MediaError as exc:
             raise AvatarError(f"frames: {exc}") from None
+        if limits is not None:  # the lossless video is ours: Matroska, whatever uploads may be
+            limits = replace(limits, containers=limits.containers | {"matroska"})
         return cls.from_video(video, mouth_size=mouth_size, data=data, landmarks=landmarks,
-                              feather=feather)
+                              feather=feather, limits=limits)
 
     # ------------------------------------------------------------------ engine inputs
 
@@ -245,7 +286,7 @@ class Avatar:
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            video_name = VIDEO_STEM + self.video.suffix.lower()
+            video_name = VIDEO_STEM + _stored_suffix(self.video)
             shutil.copyfile(self.video, staging / video_name)
             np.savez(
                 staging / TRACK_FILE,
@@ -301,6 +342,15 @@ class Avatar:
             track=track, reference_indices=references, video=video,
             content_hash=meta["content_hash"], feather=float(meta["feather"]),
         )
+
+
+def _stored_suffix(video: Path) -> str:
+    """The suffix of the avatar's copy of ``video``: chosen from its bytes for the containers
+    :func:`~dinet_platform.media.io.media_container` knows, never a client's file name."""
+    try:
+        return CONTAINER_SUFFIXES[media_container(video)]
+    except MediaError:
+        return video.suffix.lower()
 
 
 def remove_avatar(directory: str | Path) -> None:
