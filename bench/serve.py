@@ -259,7 +259,7 @@ def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: fl
 
 
 def main() -> None:
-    from dinet_platform.config.schema import ServingConfig
+    from dinet_platform.config.serving import ServingConfig
 
     shipped = ServingConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-NonNegative = Annotated[float, Field(ge=0.0)]
-Positive = Annotated[float, Field(gt=0.0)]
+from dinet_platform.config.base import NonNegative, Positive, Strict
+from dinet_platform.config.serving import ServingConfig
 
 AttentionPosition = Literal["source", "reference", "appearance"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class AttentionConfig(Strict):
@@ -195,87 +191,6 @@ class TrackingConfig(Strict):
     """None: ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///$DINET_HOME/mlflow.db``."""
     experiment: str = "dinet"
     registered_model: str = "dinet"
-
-
-class AutoscalingConfig(Strict):
-    """Ray Serve autoscaling of the model deployment (replaces ``num_replicas`` when set)."""
-
-    min_replicas: Annotated[int, Field(ge=0)] = 1
-    max_replicas: Annotated[int, Field(ge=1)] = 2
-    target_ongoing_requests: Positive = 8.0
-    """Requests in flight per replica the autoscaler aims for (about one full batch)."""
-
-    @model_validator(mode="after")
-    def _range(self) -> AutoscalingConfig:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas "
-                             f"({self.min_replicas})")
-        return self
-
-
-class ServingConfig(Strict):
-    """``dinet serve`` / ``serve deploy``: the model served, batching, limits and storage."""
-
-    model_name: str = "dinet"
-    alias: str = "production"
-    """The registry alias served (``models:/<model_name>@<alias>``)."""
-    device: Literal["cpu", "cuda"] = "cpu"
-    precision: Literal["int8", "fp32", "fp16", "bf16"] = "int8"
-    """int8 (static, calibrated) on CPU; fp16/bf16 on CUDA; fp32 anywhere."""
-    num_replicas: Annotated[int, Field(ge=1)] = 1
-    autoscaling: AutoscalingConfig | None = None
-    cpus_per_replica: Annotated[float, Field(gt=0.0)] = 1.0
-    gpus_per_replica: Annotated[float, Field(ge=0.0)] | None = None
-    """Default: 1 with ``device: cuda``, else 0."""
-    max_batch_size: Annotated[int, Field(ge=1)] = 8
-    batch_wait_timeout_s: Annotated[float, Field(ge=0.0)] = 0.01
-    max_ongoing_requests: Annotated[int, Field(ge=1)] = 32
-    """Requests a replica holds at once: >= ``max_batch_size``, and a few batches deep, so the
-    next batch fills inside the replica while one computes (callers beyond it wait in the
-    router, which re-polls a full replica with back-off: at 32 callers and 16 here, batches
-    averaged 6.7 of 8 and frames/s halved)."""
-    max_queued_requests: Annotated[int, Field(ge=1)] = 64
-    """Requests waiting for a replica beyond which callers get 503 + Retry-After."""
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 << 20
-    """Larger request bodies are refused with 413."""
-    max_frames_per_request: Annotated[int, Field(ge=1)] = 250
-    """Frames one ``/frames`` call may ask for (10 s at 25 fps)."""
-    avatar_dir: str | None = None
-    """Where uploaded avatars are stored; default ``$DINET_HOME/serve/avatars``. Shared
-    storage on a cluster, so every replica (and a restarted one) finds them."""
-    avatar_cache_bytes: Annotated[int, Field(ge=0)] = 256 << 20
-    """Per replica: encoded reference features kept in memory (LRU, by bytes)."""
-    calibration_shards: str | None = None
-    """Shards whose real frames calibrate static int8 (default: the served model's own
-    ``data.shards``)."""
-    max_avatar_video_frames: Annotated[int, Field(ge=1)] = 1500
-    """Longest reference video an avatar may be made from (frames at the model's fps)."""
-    watch_alias_s: Annotated[float, Field(ge=0.0)] = 0.0
-    """Every replica re-resolves the alias this often and swaps when it moved (0: only on
-    re-deploy or ``POST /v1/admin/reload``)."""
-    retry_after_s: Annotated[int, Field(ge=1)] = 1
-
-    @model_validator(mode="after")
-    def _batch_fits_in_flight(self) -> ServingConfig:
-        # A Serve batch never grows past max_ongoing_requests.
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
-                f"({self.max_batch_size}), or batches can never fill"
-            )
-        half = self.precision in ("fp16", "bf16")
-        if half and self.device != "cuda":
-            raise ValueError(f"precision {self.precision!r} needs device 'cuda' (use int8 or "
-                             "fp32 on CPU)")
-        return self
-
-    @property
-    def replica_gpus(self) -> float:
-        if self.gpus_per_replica is not None:
-            return self.gpus_per_replica
-        return 1.0 if self.device == "cuda" else 0.0
 
 
 class GateConfig(Strict):
