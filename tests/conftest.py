@@ -22,7 +22,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TRAINED, TrainedPipeline, use_home, write_config
+from tests.support import (
+    MOUTH,
+    SERVE,
+    SERVE_TOKEN,
+    TRAINED,
+    TrainedPipeline,
+    auth,
+    register_state,
+    tiny_state,
+    upload,
+    use_home,
+    write_config,
+)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -147,3 +159,70 @@ def ray_head() -> Iterator[object]:
 
     with ray_cluster([2]) as cluster:
         yield cluster
+
+
+SERVE_ARGS = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2, "max_ongoing_requests": 8,
+              "max_queued_requests": 16, "cpus_per_replica": 0.5, "max_request_bytes": 1 << 20,
+              "max_frames_per_request": 48, "max_frames_per_forward": 32,
+              "max_queued_dubs": 1, "max_dub_audio_s": 60.0}
+SERVE_PREFIX = "/dinet"
+"""The tests mount the app below a prefix, as a cluster sharing Serve with other apps would:
+auth and every route must hold there too."""
+
+
+@pytest.fixture(scope="session")
+def served(ray_local, prepared_dir, tmp_path_factory):
+    """The Serve app on the session's Ray, over real HTTP at ``url`` (below
+    :data:`SERVE_PREFIX`), serving two tiny registered versions (``v1`` at the alias); the
+    serve test modules share it (a Serve app takes a while to start on 2 cores)."""
+    from dinet_platform.config import validate_config
+    from dinet_platform.ray_runtime import free_port
+    from dinet_platform.registry.versions import move_alias
+    from dinet_platform.serving.deployment import build_app
+    from dinet_platform.serving.settings import validate_args
+    from dinet_platform.tracking import client_for
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve")
+    token_file = root / "token"
+    token_file.write_text(SERVE_TOKEN + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        use_home(patch, root / "home")
+        patch.delenv("DINET_API_TOKEN", raising=False)
+        patch.setenv("DINET_API_TOKEN_FILE", str(token_file))
+        config = validate_config({**SERVE, "data": {"shards": str(prepared_dir)}})
+        client = client_for(config.tracking)
+        # two versions of a fresh tiny generator (seeds 0 and 1): the hot swap moves between
+        v1 = register_state(client, config, tiny_state(config, seed=0), root / "v1")
+        v2 = register_state(client, config, tiny_state(config, seed=1), root / "v2")
+        move_alias(client, "dinet", "production", v1)
+        port = free_port()
+        args = {"serving": {**SERVE_ARGS, "port": port, "avatar_dir": str(root / "avatars")},
+                "tracking": {"tracking_uri": client.tracking_uri}}
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(build_app(args), name="dinet", route_prefix=SERVE_PREFIX, blocking=False)
+            yield {"url": f"http://127.0.0.1:{port}{SERVE_PREFIX}", "client": client,
+                   "v1": v1, "v2": v2, "args": args, "settings": validate_args(args),
+                   "root": root, "config": config, "prefix": SERVE_PREFIX}
+        finally:
+            serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http(served):
+    import httpx
+
+    with httpx.Client(base_url=served["url"], headers=auth(), timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def avatar(http, synth_dir):
+    """An avatar made from the first synthetic clip and its landmarks."""
+    video = sorted(synth_dir.glob("*.mp4"))[0]
+    response = upload(http, video, video.with_suffix(".csv"))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["mouth_size"] == MOUTH and body["frames"] == 40
+    return body["avatar_id"]

@@ -200,3 +200,40 @@ def copy_pipeline(trained: TrainedPipeline, client) -> TrainedPipeline:
     return TrainedPipeline(home=dinet_home(), config=trained.config,
                            run_id=ids[trained.run_id],
                            stage_run_ids=tuple(ids[run] for run in trained.stage_run_ids))
+
+
+# ----------------------------------------------------------------------------- the Serve app
+
+SERVE = tiny_config("tiny-serve")
+SERVE_TOKEN = "test-token-0123456789abcdef"
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {SERVE_TOKEN}"}
+
+
+def check(response, status: int, field: str, words: str = "") -> None:
+    """An API error: its status, the field it names and words of its message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field, error
+    assert words in error["message"], error
+
+
+def upload(http, video: Path, landmarks: Path | None):
+    files = {"video": (video.name, video.read_bytes(), "video/mp4")}
+    if landmarks is not None:
+        files["landmarks"] = (landmarks.name, landmarks.read_bytes(), "text/csv")
+    return http.post("/v1/avatars", files=files)
+
+
+def features(n: int, seed: int):
+    """``n`` frames of random 29-dim audio features (what the tiny served model takes)."""
+    import numpy as np
+
+    return np.random.default_rng(seed).normal(size=(n, 29)).astype(np.float32)
+
+
+def frames_npy(http, avatar_id: str, feats, start: int = 0):
+    return http.post(f"/v1/avatars/{avatar_id}/frames",
+                     json={"features": feats.tolist(), "start": start, "format": "npy"})

@@ -26,7 +26,7 @@ from dinet_platform.audio_contract import (
 )
 from dinet_platform.cli import app as cli_app
 from dinet_platform.config import DINetConfig
-from dinet_platform.config.schema import ServingConfig
+from dinet_platform.config.serving import ServingConfig
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import evaluate, load_model
 from dinet_platform.models import DINet, DINetWithAttention
@@ -36,6 +36,7 @@ from dinet_platform.optimize.stand_in import synthetic_batches
 from dinet_platform.registry.loading import load_engine
 from dinet_platform.runtime.avatar import Avatar
 from dinet_platform.serving import api
+from dinet_platform.serving.dub_runner import DubRunner
 from dinet_platform.training.stage import check_stage_inputs
 from typer.testing import CliRunner
 
@@ -253,7 +254,9 @@ class InProcessModel:
     def __init__(self, server, jobs):
         self.server, self.jobs = server, jobs
         self.info = _Method(lambda: {**server.info(), "error": None})
-        self.dub = _Method(lambda job_id: server.dub(jobs, job_id))
+        self.runner = DubRunner(jobs, lambda job_id, checkpoint: server.dub(jobs, job_id,
+                                                                            checkpoint), 1, 4)
+        self.dub = _Method(lambda job_id: None if self.runner.submit(job_id) else "full")
         self.frames = _Method(self._frames)
 
     def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False):

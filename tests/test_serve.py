@@ -16,95 +16,27 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from dinet_platform.config import validate_config
 from dinet_platform.config.loader import ConfigError
 from dinet_platform.geometry import crop_geometry
 from dinet_platform.media.io import probe_video
-from dinet_platform.ray_runtime import free_port
 from dinet_platform.registry.versions import move_alias
 from dinet_platform.serving import api
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
 from dinet_platform.serving.client import LipSyncClient, LipSyncError
 from dinet_platform.serving.model import load_served_model
 from dinet_platform.serving.settings import ServeAppConfig, validate_args
-from dinet_platform.tracking import client_for
 
-from tests.support import MOUTH, register_state, tiny_config, tiny_state, use_home
-
-TOKEN = "test-token-0123456789abcdef"
-SERVE = tiny_config("tiny-serve")
-
-
-@pytest.fixture(scope="module")
-def served(ray_local, prepared_dir, tmp_path_factory):
-    from dinet_platform.serving.deployment import build_app
-    from ray import serve
-
-    root = tmp_path_factory.mktemp("serve")
-    token_file = root / "token"
-    token_file.write_text(TOKEN + "\n")
-    with pytest.MonkeyPatch.context() as patch:
-        use_home(patch, root / "home")
-        patch.delenv("DINET_API_TOKEN", raising=False)
-        patch.setenv("DINET_API_TOKEN_FILE", str(token_file))
-        config = validate_config({**SERVE, "data": {"shards": str(prepared_dir)}})
-        client = client_for(config.tracking)
-        # two versions of a fresh tiny generator (seeds 0 and 1): the hot swap moves between
-        v1 = register_state(client, config, tiny_state(config, seed=0), root / "v1")
-        v2 = register_state(client, config, tiny_state(config, seed=1), root / "v2")
-        move_alias(client, "dinet", "production", v1)
-        port = free_port()
-        args = {
-            "serving": {"port": port, "max_batch_size": 4, "batch_wait_timeout_s": 0.2,
-                        "max_ongoing_requests": 8, "max_queued_requests": 16,
-                        "cpus_per_replica": 0.5, "max_request_bytes": 1 << 20,
-                        "max_frames_per_request": 48,
-                        "avatar_dir": str(root / "avatars")},
-            "tracking": {"tracking_uri": client.tracking_uri},
-        }
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        try:
-            serve.run(build_app(args), name="dinet", route_prefix="/", blocking=False)
-            yield {"url": f"http://127.0.0.1:{port}", "client": client, "v1": v1, "v2": v2,
-                   "args": args,
-                   "settings": validate_args(args), "root": root, "config": config}
-        finally:
-            serve.shutdown()
-
-
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
-
-
-def check(response, status, field, words=""):
-    """An API error: its status, the field it names and words of its message."""
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field, error
-    assert words in error["message"], error
-
-
-@pytest.fixture(scope="module")
-def http(served):
-    with httpx.Client(base_url=served["url"], headers=auth(), timeout=60) as client:
-        yield client
-
-
-def upload(http, video: Path, landmarks: Path | None):
-    files = {"video": (video.name, video.read_bytes(), "video/mp4")}
-    if landmarks is not None:
-        files["landmarks"] = (landmarks.name, landmarks.read_bytes(), "text/csv")
-    return http.post("/v1/avatars", files=files)
-
-
-@pytest.fixture(scope="module")
-def avatar(http, synth_dir):
-    video = sorted(synth_dir.glob("*.mp4"))[0]
-    response = upload(http, video, video.with_suffix(".csv"))
-    assert response.status_code == 201, response.text
-    body = response.json()
-    assert body["mouth_size"] == MOUTH and body["frames"] == 40
-    return body["avatar_id"]
+from tests.support import (
+    MOUTH,
+    auth,
+    check,
+    features,
+    frames_npy,
+    upload,
+)
+from tests.support import (
+    SERVE_TOKEN as TOKEN,
+)
 
 
 @pytest.mark.serve
@@ -132,18 +64,9 @@ def test_avatar_from_five_frames_and_landmarks(served, http, synth_dir):
     assert np.load(io.BytesIO(generated.content)).shape == (3, 104, 80, 3)
 
     check(http.post("/v1/avatars", files=[*files[:2], ("frames", ("x.png", b"nope", "image/png"))]),
-          422, "frames", "frames part 2 is not a readable image")
+          422, "frames", "frames part 2: not a PNG or JPEG image")
     check(http.post("/v1/avatars", files=[("video", (video.name, video.read_bytes(), "video/mp4")),
                                           *files]), 422, "video", "exactly one")
-
-
-def features(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, 29)).astype(np.float32)
-
-
-def frames_npy(http, avatar_id: str, feats: np.ndarray, start: int = 0) -> httpx.Response:
-    return http.post(f"/v1/avatars/{avatar_id}/frames",
-                     json={"features": feats.tolist(), "start": start, "format": "npy"})
 
 
 @pytest.mark.serve
@@ -420,7 +343,8 @@ def test_reapplying_the_config_serves_the_moved_alias(served, http):
     current = http.get("/v1/model").json()["model"]["version"]
     target = served["v1"] if current == served["v2"] else served["v2"]
     move_alias(served["client"], "dinet", "production", target)
-    serve.run(build_app(served["args"]), name="dinet", route_prefix="/", blocking=False)
+    serve.run(build_app(served["args"]), name="dinet", route_prefix=served["prefix"],
+              blocking=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if http.get("/v1/model").json()["model"]["version"] == target:
@@ -460,7 +384,7 @@ def test_dub_job_renders_an_mp4_with_the_speech(served, http, avatar, tmp_path):
         if status["state"] in ("done", "failed"):
             break
         time.sleep(0.5)
-    assert status["state"] == "done", status
+    assert status["state"] == "done", status.get("error")
     video = http.get(job["video_url"])
     assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
     out = tmp_path / "dub.mp4"

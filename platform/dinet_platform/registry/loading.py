@@ -166,13 +166,16 @@ def load_engine(
     calibration: list[CalibrationBatch] | None = None,
     config: DINetConfig | None = None,
     compile: bool | None = None,
+    artifact_as_optimized: bool = False,
 ) -> tuple[InferenceEngine, ModelInfo]:
     """An engine for the model ``reference`` names (see the module doc) and what it is.
 
     Args:
         mode: optimization of a checkpoint (``None``: :data:`DEFAULT_MODE`). An optimized
             artifact runs as it was optimized; asking it for another mode is an error (use its
-            source version).
+            source version), unless ``artifact_as_optimized``: then ``mode`` applies to
+            checkpoints only (a server's precision policy, which serves a registered
+            optimized version as it was built).
         client: MLflow client for registry URIs and run ids (default: the embedded store or
             ``$MLFLOW_TRACKING_URI``).
         calibration_shards: shards with real frames for static int8 (default: the model
@@ -187,7 +190,7 @@ def load_engine(
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     model = resolve(reference, client)
     if is_optimized(model.path):
-        return _load_optimized(model, mode, device)
+        return _load_optimized(model, None if artifact_as_optimized else mode, device)
     return _load_checkpoint(model, mode, device, calibration_shards, calibration, config,
                             compile)
 

@@ -20,11 +20,10 @@ interrupted run never leaves a partial file at ``out``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from rich.console import Console
@@ -48,9 +47,15 @@ from dinet_platform.media.audio_features import (
     load_deepspeech,
     logmel_features,
 )
-from dinet_platform.media.io import MediaError, read_audio
+from dinet_platform.media.io import (
+    MediaError,
+    MediaLimitError,
+    MediaLimits,
+    probe_audio,
+    read_audio,
+)
 from dinet_platform.media.mp4 import write_mp4
-from dinet_platform.runtime.avatar import Avatar, AvatarError
+from dinet_platform.runtime.avatar import Avatar, AvatarError, AvatarLimitError
 from dinet_platform.runtime.engine import AvatarFeatures, InferenceEngine, ModelInfo
 
 DEFAULT_BATCH_SIZE = 8
@@ -61,6 +66,15 @@ AAC_OPTIONS = {"b": "128k"}
 
 class DubError(ValueError):
     """Bad dubbing input; the message names the file or value and what is wrong with it."""
+
+
+class DubLimitError(DubError):
+    """The speech or video is over a :class:`~dinet_platform.media.io.MediaLimits` bound (an
+    API answers 413); ``limit`` names the bound."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -105,25 +119,26 @@ class DubResult:
                 f"{self.avatar_frames} avatar frames in {self.seconds:.1f} s ({rate:.1f} frames/s)")
 
 
-def _native_rate(path: Path) -> int:
+def _native_rate(path: Path, limits: MediaLimits | None) -> int:
     try:
-        with av.open(str(path)) as container:
-            if container.streams.audio:
-                return int(container.streams.audio[0].rate or 0) or 16000
-    except (av.FFmpegError, OSError, ValueError):
-        pass  # read_audio below reports what is wrong with the file
-    return 16000
+        return probe_audio(path, limits=limits).sample_rate or 16000
+    except MediaError:
+        return 16000  # read_audio (called first) reports what is wrong with the file
 
 
 def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None = None, *,
-                model: str = "the model") -> Speech:
+                model: str = "the model", limits: MediaLimits | None = None) -> Speech:
     """Read ``audio`` (any file with an audio stream) and the model's features for it.
 
     Log-mel is computed from the audio. DeepSpeech features cannot be computed here: they
     come from ``features`` (a ``.npy`` of shape ``(frames, 29)``), else from the sidecar
     ``<audio>_deepspeech.npy``; without either the model is refused (with how to provide
     them), as is ``features`` for a model that computes its own (see
-    :mod:`dinet_platform.audio_contract`)."""
+    :mod:`dinet_platform.audio_contract`).
+
+    ``limits`` (for uploads): the audio is opened only in an allowlisted container and its
+    duration bounded by ``max_audio_seconds``, from the header before decoding and while
+    decoding (:class:`DubLimitError`)."""
     audio = Path(audio)
     needed = AudioFeatureSpec.from_data(data)
     if needed.kind == "deepspeech":
@@ -147,9 +162,10 @@ def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None
         raise DubError(f"{model} computes its log-mel features from the audio: "
                        "leave out --audio-features")
     try:
-        model_rate = read_audio(audio, data.sample_rate)
-        rate = _native_rate(audio)
-        samples = model_rate if rate == data.sample_rate else read_audio(audio, rate)
+        model_rate = read_audio(audio, data.sample_rate, limits=limits)
+        rate = _native_rate(audio, limits)
+        samples = (model_rate if rate == data.sample_rate
+                   else read_audio(audio, rate, limits=limits))
         num_frames = max(1, round(len(model_rate) / data.sample_rate * data.fps))
         if features is not None:
             values = load_deepspeech(Path(features), num_frames, against="the speech")
@@ -161,6 +177,8 @@ def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None
     except AudioFeatureError as exc:
         raise DubError(str(exc) if features is not None else f"audio {audio.name}: {exc}"
                        ) from None
+    except MediaLimitError as exc:
+        raise DubLimitError(exc.limit, f"audio {audio.name}: {exc}") from None
     except MediaError as exc:
         raise DubError(f"audio {audio.name}: {exc}") from None
     return Speech(samples=samples, sample_rate=rate, features=values, fps=data.fps)
@@ -174,15 +192,19 @@ def render_frames(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     reference: AvatarFeatures | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(avatar frame index, full RGB frame)`` for every frame of the speech, generated in
     batches of ``batch_size`` with the avatar's reference features encoded once (or
-    ``reference``, e.g. from Serve's avatar cache)."""
+    ``reference``, e.g. from Serve's avatar cache). ``on_batch(frames_done)`` runs before
+    each batch (an exception there stops the rendering)."""
     if batch_size < 1:
         raise DubError(f"batch_size must be >= 1, got {batch_size}")
     reference = reference or engine.encode_reference(avatar.references())
     total = len(speech_features)
     for start in range(0, total, batch_size):
+        if on_batch is not None:
+            on_batch(start)
         steps = list(range(start, min(total, start + batch_size)))
         indices = [avatar.loop_index(step) for step in steps]
         windows = np.stack([audio_window(speech_features, s, audio_window_size) for s in steps])
@@ -205,11 +227,20 @@ def dub_video(
     crf: int = DEFAULT_CRF,
     console: Console | None = None,
     audio_features: str | Path | None = None,
+    x264_threads: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+    limits: MediaLimits | None = None,
 ) -> DubResult:
     """Dub ``video`` (a file, with an optional OpenFace ``landmarks`` CSV, or a prepared
     :class:`Avatar`) with ``audio`` into the mp4 ``out`` (see the module doc). ``model`` is
     the :class:`ModelInfo` that came with ``engine`` from ``load_engine``; ``audio_features``
     the DeepSpeech features of ``audio`` for a model trained on them (see :func:`load_speech`).
+    ``x264_threads`` caps the encoder's threads (0: its own choice, about 1.5 per core);
+    ``on_batch`` see :func:`render_frames`.
+
+    ``limits`` (for uploads) apply to the speech (:func:`load_speech`) and to a ``video``
+    file exactly as to an avatar made from it (:meth:`Avatar.from_video`: one frame cap for
+    every path); over one, :class:`DubLimitError`.
     """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
@@ -221,7 +252,7 @@ def dub_video(
     data = model.config.data
     # the speech and its features first: cheap to check, and refused before any video decoding
     speech = audio if isinstance(audio, Speech) else load_speech(
-        audio, data, audio_features, model=f"model {model.source}")
+        audio, data, audio_features, model=f"model {model.source}", limits=limits)
     if isinstance(video, Avatar):
         avatar = video
     else:
@@ -231,7 +262,9 @@ def dub_video(
             raise DubError(f"landmarks {landmarks}: file not found")
         try:
             avatar = Avatar.from_video(video, mouth_size=model.mouth_size, data=data,
-                                       landmarks=landmarks)
+                                       landmarks=landmarks, limits=limits)
+        except AvatarLimitError as exc:
+            raise DubLimitError(exc.limit, str(exc)) from None
         except AvatarError as exc:
             raise DubError(str(exc)) from None
     if avatar.mouth_size != model.mouth_size:
@@ -243,14 +276,19 @@ def dub_video(
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     frames = render_frames(engine, avatar, speech.features, data.audio_window,
-                           batch_size=batch_size, reference=reference)
+                           batch_size=batch_size, reference=reference, on_batch=on_batch)
     with atomic_path(out) as tmp, _progress(progress, console) as bar:
         task = bar.add_task("dubbing", total=speech.num_frames)
         write_mp4(tmp, (frame for _, frame in frames), speech.samples, speech.fps,
-                  speech.sample_rate, x264_options={**X264_OPTIONS, "crf": str(crf)},
+                  speech.sample_rate, x264_options={**X264_OPTIONS, "crf": str(crf),
+                                                    **x264_thread_option(x264_threads)},
                   audio_options=AAC_OPTIONS, on_frame=lambda: bar.advance(task))
     return DubResult(out, speech.num_frames, data.fps, speech.seconds, avatar.num_frames,
                      batch_size, time.perf_counter() - started)
+
+
+def x264_thread_option(threads: int) -> dict[str, str]:
+    return {"threads": str(threads)} if threads > 0 else {}
 
 
 def _progress(enabled: bool, console: Console | None) -> Progress:

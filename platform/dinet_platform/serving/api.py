@@ -42,10 +42,14 @@ def require(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], what: 
     return value
 
 
-def optional_int(doc: dict[str, Any], key: str, default: int, minimum: int = 0) -> int:
+def optional_int(doc: dict[str, Any], key: str, default: int, minimum: int = 0,
+                 maximum: int = 2**31 - 1) -> int:
     value = doc.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid(key, f"must be an integer >= {minimum}, got {value!r:.40}")
+    if (isinstance(value, bool) or not isinstance(value, int)
+            or not minimum <= value <= maximum):
+        shown = f"{value!r:.40}" if not isinstance(value, int) or value.bit_length() < 64 else (
+            "a larger number")
+        raise invalid(key, f"must be an integer in [{minimum}, {maximum}], got {shown}")
     return value
 
 
@@ -67,18 +71,23 @@ def encode_png(frame: np.ndarray) -> str:
     return base64.b64encode(data.tobytes()).decode()
 
 
-def decode_wav(data: bytes, field: str, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples of a PCM WAV file at exactly ``sample_rate``."""
+def decode_wav(data: bytes, field: str, sample_rate: int, max_samples: int | None = None
+               ) -> np.ndarray | None:
+    """Mono float32 samples of a PCM WAV file at exactly ``sample_rate``; None (nothing
+    decoded) when its header says it holds more than ``max_samples``."""
     try:
         with wave.open(io.BytesIO(data)) as wav:
             rate, channels, width = wav.getframerate(), wav.getnchannels(), wav.getsampwidth()
-            raw = wav.readframes(wav.getnframes())
-    except (wave.Error, EOFError) as exc:
+            if rate != sample_rate:
+                raise invalid(field, f"sample rate {rate} Hz, the model needs {sample_rate} Hz")
+            if width not in (2, 4):
+                raise invalid(field, f"{8 * width}-bit samples; send 16- or 32-bit PCM")
+            declared = min(wav.getnframes(), len(data) // max(1, channels * width))
+            if max_samples is not None and declared > max_samples:
+                return None
+            raw = wav.readframes(declared)
+    except (wave.Error, EOFError, ValueError) as exc:
         raise invalid(field, f"not a PCM WAV file ({exc})") from None
-    if rate != sample_rate:
-        raise invalid(field, f"sample rate {rate} Hz, the model needs {sample_rate} Hz")
-    if width not in (2, 4):
-        raise invalid(field, f"{8 * width}-bit samples; send 16- or 32-bit PCM")
     ints = np.frombuffer(raw, dtype=np.int16 if width == 2 else np.int32)
     samples = ints.astype(np.float32) / float(np.iinfo(ints.dtype).max)
     return samples.reshape(-1, channels).mean(axis=1)
@@ -119,7 +128,7 @@ def features_from_json(values: Any, field: str, model: dict[str, Any],
                        count: int | None) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise invalid(field, "must be a list of per-frame feature vectors (numbers)") from None
     channels = model["audio"]["dim"]
     if array.ndim != 2 or array.shape[1] != channels or len(array) == 0:

@@ -54,6 +54,13 @@ class AvatarStore:
         except AvatarNotFound:
             return False
 
+    def count(self) -> int:
+        """Avatars stored."""
+        if not self.root.is_dir():
+            return 0
+        return sum(1 for p in self.root.iterdir()
+                   if AVATAR_ID.match(p.name) and (p / META_FILE).is_file())
+
     def save(self, avatar: Avatar) -> str:
         avatar_id = uuid.uuid4().hex
         avatar.save(self.path(avatar_id))

@@ -37,20 +37,27 @@ Result = TypeVar("Result")
 class BatchQueue(Generic[Job, Result]):
     """``await queue.submit(job)`` returns ``compute([... job ...])``'s entry for ``job``;
     ``compute`` (blocking: it runs in a worker thread) gets a list of jobs and returns one
-    result per job, in order. An exception in ``compute`` fails every job of that batch."""
+    result per job, in order. When ``compute`` raises for a batch of several jobs, each is
+    computed again alone: only the job that fails alone gets the exception. ``weight(job)``
+    (e.g. its frames) bounds a batch's total by ``max_batch_weight``."""
 
     def __init__(self, compute: Callable[[list[Job]], Sequence[Result]], max_batch_size: int,
-                 wait_s: float):
+                 wait_s: float, weight: Callable[[Job], int] = lambda job: 1,
+                 max_batch_weight: int | None = None):
         self.compute = compute
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
+        self.weight = weight
+        self.max_batch_weight = max_batch_weight
         self._pending: list[tuple[Job, asyncio.Future[Result]]] = []
         self._expected = max_batch_size  # callers to gather before the next batch
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
-    def configure(self, max_batch_size: int, wait_s: float) -> None:
+    def configure(self, max_batch_size: int, wait_s: float,
+                  max_batch_weight: int | None = None) -> None:
         self.max_batch_size, self.wait_s = max_batch_size, wait_s
+        self.max_batch_weight = max_batch_weight
 
     async def submit(self, job: Job) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -65,12 +72,26 @@ class BatchQueue(Generic[Job, Result]):
             await self._gather_company()
             if not self._pending:
                 return
-            batch = [(job, future) for job, future in self._pending[: self.max_batch_size]
-                     if not future.cancelled()]
-            del self._pending[: self.max_batch_size]
+            batch = self._take_batch()
             if batch:
                 await self._compute(batch)
                 self._expected = len(batch) + len(self._pending)
+
+    def _take_batch(self) -> list[tuple[Job, asyncio.Future[Result]]]:
+        """The next batch: queued jobs in order up to ``max_batch_size`` jobs and
+        ``max_batch_weight`` (at least one job, whatever it weighs)."""
+        batch, weight, taken = [], 0, 0
+        for job, future in self._pending[: self.max_batch_size]:
+            job_weight = self.weight(job)
+            if batch and self.max_batch_weight is not None and (
+                    weight + job_weight > self.max_batch_weight):
+                break
+            taken += 1
+            if not future.cancelled():
+                batch.append((job, future))
+                weight += job_weight
+        del self._pending[:taken]
+        return batch
 
     async def _compute(self, batch: list[tuple[Job, asyncio.Future[Result]]]) -> None:
         try:
@@ -79,6 +100,10 @@ class BatchQueue(Generic[Job, Result]):
                 raise RuntimeError(f"compute returned {len(results)} results for "
                                    f"{len(batch)} jobs")
         except Exception as exc:
+            if len(batch) > 1:  # find the job that failed: the others get their results
+                for item in batch:
+                    await self._compute([item])
+                return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

@@ -20,12 +20,13 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from dinet_platform.config.schema import ServingConfig
+from dinet_platform.config.serving import ServingConfig
 from dinet_platform.serving.app import AppState, create_app
 from dinet_platform.serving.auth import TOKEN_FILE_ENV, load_token
 from dinet_platform.serving.avatars import AvatarNotFound, AvatarStore
 from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.dub_jobs import JobStore
+from dinet_platform.serving.dub_runner import DubRunner
 from dinet_platform.serving.model import FrameJob, GeneratedFrames, ModelServer, Refusal
 from dinet_platform.serving.settings import (
     ServeAppConfig,
@@ -36,6 +37,7 @@ from dinet_platform.serving.settings import (
 from dinet_platform.tracking import client_for
 
 logger = logging.getLogger("ray.serve")
+SWEEP_EVERY_S = 300.0
 
 
 @serve.deployment
@@ -53,21 +55,33 @@ class LipSyncModel:
         torch.set_num_threads(max(1, math.ceil(config.serving.cpus_per_replica)))
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
-        self.jobs = JobStore(jobs_dir(config.serving))
-        self.batches = BatchQueue(self._generate, config.serving.max_batch_size,
-                                  config.serving.batch_wait_timeout_s)
+        serving = config.serving
+        self.jobs = JobStore(jobs_dir(serving), stale_after_s=serving.dub_heartbeat_timeout_s)
+        swept = self.jobs.sweep(serving.dub_job_ttl_s)  # what a killed replica left behind
+        if any(vars(swept).values()):
+            logger.info("dub jobs at start: %s", swept)
+        self.dubs = DubRunner(
+            self.jobs, lambda job_id, checkpoint: self.server.dub(self.jobs, job_id, checkpoint),
+            serving.max_concurrent_dubs, serving.max_queued_dubs)
+        self.batches = BatchQueue(self._generate, serving.max_batch_size,
+                                  serving.batch_wait_timeout_s, weight=lambda job: len(job.audio),
+                                  max_batch_weight=serving.max_frames_per_forward)
         self.error: str | None = None
         self._watch: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         serving = ServingConfig.model_validate(user_config["serving"])
         previous = self.server.serving
         self.server.reconfigure(serving)
-        self.batches.configure(serving.max_batch_size, serving.batch_wait_timeout_s)
+        self.batches.configure(serving.max_batch_size, serving.batch_wait_timeout_s,
+                               serving.max_frames_per_forward)
         force = (previous.precision, previous.device) != (serving.precision, serving.device)
         await self._load(force)
         if self._watch is None and serving.watch_alias_s > 0:
             self._watch = asyncio.get_running_loop().create_task(self._watch_alias())
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_jobs())
 
     async def _load(self, force: bool = False) -> bool:
         try:
@@ -84,15 +98,28 @@ class LipSyncModel:
             await asyncio.sleep(self.server.serving.watch_alias_s)
             await self._load()
 
+    async def _sweep_jobs(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            try:
+                await asyncio.to_thread(self.jobs.sweep, self.server.serving.dub_job_ttl_s)
+            except OSError:
+                logger.warning("sweeping dub jobs failed", exc_info=True)
+
     async def info(self) -> dict[str, Any]:
-        return {**self.server.info(), "error": self.error}
+        return {**self.server.info(), "error": self.error, "dubs_pending": self.dubs.pending}
 
     async def reload(self) -> dict[str, Any]:
         changed = await self._load()
         return {**self.server.info(), "error": self.error, "changed": changed}
 
-    async def dub(self, job_id: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.server.dub, self.jobs, job_id)
+    async def dub(self, job_id: str) -> Refusal | None:
+        """Queue a stored dub job on this replica (returns at once); a Refusal when the
+        replica holds as many jobs as it may."""
+        if self.dubs.submit(job_id):
+            return None
+        return Refusal(503, "dub", f"{self.dubs.capacity} dub jobs are rendering or queued "
+                                   "on the replica: retry later")
 
     def check_health(self) -> None:
         pass  # an unloaded model is reported by readiness (/readyz), not fatal to the replica
@@ -109,12 +136,25 @@ class LipSyncModel:
         try:  # load and check the avatar here, so one bad caller never fails a whole batch
             if not self.server.has_avatar(model, avatar_id):  # a hit needs no thread hop
                 await asyncio.to_thread(self.server.avatar, model, avatar_id)
-            return await self.batches.submit(FrameJob(avatar_id, start,
-                                                      audio.astype(np.float32), paste))
+            with self.server.priority.live():
+                return await self._frames(avatar_id, start, audio.astype(np.float32), paste)
         except AvatarNotFound as exc:
             return Refusal(404, "avatar_id", str(exc))
         except ValueError as exc:  # unreadable, or made for another mouth size
             return Refusal(422, "avatar_id", str(exc))
+
+    async def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool
+                      ) -> GeneratedFrames:
+        """A window longer than the per-forward frame budget goes through in parts."""
+        budget = self.server.serving.max_frames_per_forward
+        parts = await asyncio.gather(*(
+            self.batches.submit(FrameJob(avatar_id, start + offset,
+                                         audio[offset: offset + budget], paste))
+            for offset in range(0, len(audio), budget)))
+        if len(parts) == 1:
+            return parts[0]
+        return GeneratedFrames(np.concatenate([part.frames for part in parts]),
+                               parts[-1].version, max(part.batch_size for part in parts))
 
     def _generate(self, jobs: list[FrameJob]) -> list[GeneratedFrames]:
         outputs, model = self.server.generate(jobs)  # in the batch queue's worker thread

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,13 +23,16 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-from dinet_platform.config.schema import ServingConfig
+from dinet_platform.config.serving import ServingConfig
 from dinet_platform.optimize.modes import OptimizeOptions
 from dinet_platform.registry.loading import load_engine
 from dinet_platform.registry.versions import alias_holder
+from dinet_platform.runtime.dub import dub_video
 from dinet_platform.runtime.engine import AvatarFeatures, InferenceEngine, ModelInfo
 from dinet_platform.serving.avatars import AvatarCache, AvatarStore, CachedAvatar
+from dinet_platform.serving.compute import ForwardGate, LivePriority
 from dinet_platform.serving.dub_jobs import JobStore
+from dinet_platform.serving.settings import media_limits
 
 
 def serving_options(serving: ServingConfig) -> OptimizeOptions:
@@ -68,43 +70,8 @@ def load_served_model(serving: ServingConfig, client: MlflowClient, version: int
     engine, info = load_engine(
         f"models:/{serving.model_name}/{version}", mode=serving_options(serving),
         client=client, device=serving.device, calibration_shards=serving.calibration_shards,
-        compile=False)
+        compile=False, artifact_as_optimized=True)
     return ServedModel(engine, info, serving.alias)
-
-
-class ForwardGate:
-    """Many forwards at once, or one exclusive section (a pending one holds new forwards
-    back, so it cannot starve)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._forwards = 0
-        self._exclusive = False
-
-    @contextmanager
-    def forward(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._forwards += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._forwards -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._cond.wait_for(lambda: not self._exclusive)
-            self._exclusive = True
-            self._cond.wait_for(lambda: self._forwards == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
 
 
 @dataclass
@@ -153,9 +120,12 @@ class ModelServer:
         # a forward running in another thread meanwhile fails. Loading such a model therefore
         # excludes forwards (they wait, none fail); forwards run concurrently with each other.
         self._gate = ForwardGate()
+        self.priority = LivePriority()
         self.batches = 0
         self.batch_sizes: dict[int, int] = {}
         self.frames_generated = 0
+        self.max_forward_frames = 0
+        self.info_requests = 0
         self.compute_seconds = 0.0  # wall time inside generate: busy = its growth / elapsed
 
     def resolve(self) -> int:
@@ -191,12 +161,15 @@ class ModelServer:
 
     def info(self) -> dict[str, Any]:
         model = self.model
+        self.info_requests += 1
         return {
             "ready": model is not None,
             "model": model.describe() if model else None,
             "batches": self.batches,
             "batch_sizes": dict(self.batch_sizes),
             "frames_generated": self.frames_generated,
+            "max_forward_frames": self.max_forward_frames,
+            "info_requests": self.info_requests,
             "compute_seconds": round(self.compute_seconds, 6),
             "avatar_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                              "max_bytes": self.cache.max_bytes, "hits": self.cache.hits,
@@ -249,7 +222,7 @@ class ModelServer:
             indices.append(index)
         tensors = tuple(torch.cat(parts) for parts in zip(*features, strict=True))
         merged = AvatarFeatures(tensors, encoded=model.engine.cache_reference)
-        with self._gate.forward():
+        with self._gate.forward(), self.priority.live_forward():
             faces = model.engine.generate(torch.cat(sources), torch.cat(audios), merged)
         faces = faces.clamp(0.0, 1.0).cpu()
         self.batches += 1
@@ -264,18 +237,18 @@ class ModelServer:
             else:
                 outputs.append(part.permute(0, 2, 3, 1).numpy())
         self.frames_generated += offset
+        self.max_forward_frames = max(self.max_forward_frames, offset)
         self.compute_seconds += time.perf_counter() - began
         return outputs, model
 
-    def dub(self, jobs: JobStore, job_id: str) -> dict[str, Any]:
-        """Render dub job ``job_id`` (see :mod:`.jobs`) with the served model; the outcome is
-        written to the job's status (and returned)."""
-        from dinet_platform.runtime.dub import dub_video
-
+    def dub(self, jobs: JobStore, job_id: str, checkpoint: Callable[[int], None]) -> None:
+        """Render dub job ``job_id`` (see :mod:`.dub_jobs`) with the served model, chunk by
+        chunk behind live traffic (:class:`PacedEngine`); the outcome goes to the job's
+        status. ``checkpoint(frames_done)`` runs between chunks (it stops a cancelled job)."""
         model = self.model
         if model is None:
             jobs.set_status(job_id, "failed", error="no model loaded")
-            return jobs.status(job_id)
+            return
         spec, folder = jobs.spec(job_id), jobs.path(job_id)
         jobs.set_status(job_id, "running", model_version=model.version, started=time.time())
         try:
@@ -289,15 +262,35 @@ class ModelServer:
             landmarks = folder / spec["landmarks"] if spec.get("landmarks") else None
             features = (folder / spec["audio_features"] if spec.get("audio_features")
                         else None)
-            with self._gate.forward():
-                result = dub_video(model.engine, video, folder / spec["audio"],
-                                   jobs.output(job_id), model=model.info,
-                                   batch_size=self.serving.max_batch_size, progress=False,
-                                   landmarks=landmarks, reference=reference,
-                                   audio_features=features)
+            result = dub_video(PacedEngine(model.engine, self), video, folder / spec["audio"],
+                               jobs.output(job_id), model=model.info,
+                               batch_size=self.serving.dub_batch_frames, progress=False,
+                               landmarks=landmarks, reference=reference,
+                               audio_features=features, x264_threads=1,
+                               on_batch=checkpoint, limits=media_limits(
+                                   self.serving, self.serving.max_avatar_video_frames))
         except (ValueError, KeyError, OSError) as exc:  # DubError, AvatarError, missing avatar
             jobs.set_status(job_id, "failed", error=str(exc))
         else:
             jobs.set_status(job_id, "done", frames=result.frames, fps=result.fps,
                             seconds=round(result.seconds, 3), audio_seconds=result.audio_seconds)
-        return jobs.status(job_id)
+
+
+class PacedEngine:
+    """A replica's engine as a dub job sees it: every call is one chunk inside the forward
+    gate, after live windows (:mod:`.compute`), so neither live traffic nor a hot swap waits
+    for more than one chunk of a job."""
+
+    def __init__(self, engine: InferenceEngine, server: ModelServer):
+        self._engine, self._server = engine, server
+
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with self._server._gate.forward(), self._server.priority.background():
+            return self._engine.generate(*args, **kwargs)
+
+    def encode_reference(self, *args: Any, **kwargs: Any) -> AvatarFeatures:
+        with self._server._gate.forward(), self._server.priority.background():
+            return self._engine.encode_reference(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)

@@ -14,8 +14,11 @@ from typing import Any
 
 from pydantic import Field
 
+from dinet_platform.config.base import Strict
 from dinet_platform.config.loader import ConfigError, read_yaml, set_field, validate
-from dinet_platform.config.schema import ServingConfig, Strict, TrackingConfig
+from dinet_platform.config.schema import TrackingConfig
+from dinet_platform.config.serving import ServingConfig
+from dinet_platform.media.io import MediaLimits
 from dinet_platform.paths import dinet_home
 
 APP_NAME = "dinet"
@@ -55,3 +58,15 @@ def avatar_dir(serving: ServingConfig) -> Path:
 def jobs_dir(serving: ServingConfig) -> Path:
     """Dub jobs live next to the avatars (the same shared storage on a cluster)."""
     return avatar_dir(serving).parent / "dub-jobs"
+
+
+SOURCE_FRAMES_PER_FRAME = 10
+"""Decoded frames an upload may have per frame it is used at (a 250 fps clip for 25 fps)."""
+
+
+def media_limits(serving: ServingConfig, max_frames: int) -> MediaLimits:
+    """The bounds every uploaded image, video and speech file is held to."""
+    return MediaLimits(max_pixels_per_frame=serving.max_frame_pixels, max_frames=max_frames,
+                       max_source_frames=SOURCE_FRAMES_PER_FRAME * max_frames,
+                       max_decoded_bytes=serving.max_decoded_video_bytes,
+                       max_audio_seconds=serving.max_dub_audio_s)
