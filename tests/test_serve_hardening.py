@@ -21,6 +21,7 @@ from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.dub_jobs import JobStore
 from dinet_platform.serving.guard import app_path
 
+from tests.media_bombs import PeakRss, playlist, png_bomb, solid_video
 from tests.support import check, features, frames_npy
 
 
@@ -210,6 +211,46 @@ def test_quotas_refuse_new_avatars_and_over_long_speech(served, http, avatar, sy
                          files={"audio": ("long.wav", speech_wav(limit + 5, 4000), "audio/wav")})
     check(too_long, 413, "audio")
     assert job_dirs(served) == before
+
+
+def replica_pid(deployment: str) -> int:
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+    return next(actor.pid for actor in actors if deployment in actor.class_name)
+
+
+@pytest.mark.serve
+def test_media_bombs_are_refused_from_their_headers_on_every_path(served, http, avatar,
+                                                                  synth_dir, tmp_path):
+    """Findings 2 and 5: a 4K video, two frames 2,000 s apart, a 16000x16000 PNG, the same
+    4K video as a dub's face, and an HLS playlist pointing at a file on the server: each is
+    refused naming the limit (or the format), the ingress's peak RSS barely moves, and no
+    avatar or job is left behind."""
+    uhd = solid_video(tmp_path / "uhd.mp4", 3840, 2160, 4).read_bytes()
+    spread = solid_video(tmp_path / "spread.mkv", 160, 160, 2, fmt="matroska",
+                         seconds_apart=2000.0).read_bytes()
+    server_file = sorted(synth_dir.glob("*.mp4"))[0]
+    hls = playlist(tmp_path / "x.m3u8", server_file).read_bytes()
+    avatars = served["root"] / "avatars"
+    stored, jobs = sorted(avatars.iterdir()), job_dirs(served)
+    speech = ("speech.wav", speech_wav(1.0), "audio/wav")
+    with PeakRss(replica_pid("LipSyncIngress")) as ingress:
+        check(http.post("/v1/avatars", files={"video": ("a.mp4", uhd)}), 413, "video",
+              "over the limit of 2.1 MP")
+        check(http.post("/v1/avatars", content=uhd, headers={"Content-Type": "video/mp4"}),
+              413, "video", "over the limit of 2.1 MP")
+        check(http.post("/v1/avatars", files={"video": ("a.mkv", spread)}), 413, "video",
+              "frames")
+        check(http.post("/v1/avatars", files=[("frames", ("b.png", png_bomb(), "image/png"))]),
+              413, "frames", "over the limit of 2.1 MP")
+        check(http.post("/v1/dub", files={"audio": speech, "video": ("a.mp4", uhd)}), 413,
+              "video", "over the limit of 2.1 MP")
+        check(http.post("/v1/avatars", files={"video": ("x.m3u8", hls)}), 422, "video")
+    assert ingress.growth < 100 * 2**20, ingress.growth
+    assert sorted(avatars.iterdir()) == stored and job_dirs(served) == jobs
 
 
 # ------------------------------------------------------------------------------ in process

@@ -69,10 +69,11 @@ class ServingConfig(Strict):
     count (``max_batch_size``) or by frames, and a longer request is split across forwards.
     A forward's memory grows with its frames: measured ~100 MB per frame at full width, mouth
     160, fp32 on CPU (so 64 frames ~6.4 GB); size it to the model and the replica's memory."""
-    max_frame_pixels: Annotated[int, Field(ge=64 * 64)] = 4096 * 4096
+    max_frame_pixels: Annotated[int, Field(ge=64 * 64)] = 1920 * 1080
     """Largest uploaded image or video frame (width x height), read from the file's header
-    and refused before anything is decoded."""
-    max_decoded_video_bytes: Annotated[int, Field(ge=1 << 20)] = 2 << 30
+    and refused before anything is decoded: 1080p is plenty for a face, and a 4K frame holds
+    4x the memory of every step after decoding."""
+    max_decoded_video_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
     """Width x height x 3 x frames of an uploaded video (avatar or dub), from its header and
     counted while decoding: the RGB frames an avatar holds."""
     max_avatars: Annotated[int, Field(ge=1)] = 200

@@ -284,6 +284,19 @@ def _check_video_header(container: av.container.InputContainer, stream: av.video
                               f"of {limits.max_source_frames} decoded frames")
 
 
+def check_video_header(path: str | Path, limits: MediaLimits, fps: float) -> None:
+    """Refuse ``path`` from its container and headers alone (nothing is decoded): not an
+    allowlisted container, no video stream, or over ``limits`` at ``fps``. For an upload that
+    is decoded later elsewhere (a queued dub job): the decoder enforces the limits again."""
+    container = _open(Path(path), limits)
+    try:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        _check_video_header(container, container.streams.video[0], limits, fps)
+    finally:
+        container.close()
+
+
 class _FrameGuard:
     """Limits applied to each decoded frame, before it is converted or kept."""
 

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from dinet_platform.config.schema import DataConfig
+from dinet_platform.media.io import MediaError, check_video_header
 from dinet_platform.runtime.avatar import Avatar, AvatarError
 from dinet_platform.runtime.dub import DubError, load_speech
 from dinet_platform.serving import api, openapi
@@ -212,9 +213,14 @@ def create_app() -> FastAPI:
                     folder / spec["audio"], data,
                     folder / spec["audio_features"] if spec.get("audio_features") else None,
                     model=api.served_name(model), limits=limits))
+                if spec.get("video"):
+                    await st.upload_work(lambda: check_video_header(folder / spec["video"],
+                                                                    limits, data.fps))
             except DubError as exc:
                 field = "audio" if str(exc).startswith("audio ") else "audio_features"
                 raise ApiError(refusal_status(exc), field, str(exc)) from None
+            except MediaError as exc:
+                raise ApiError(refusal_status(exc), "video", str(exc)) from None
             st.jobs.submit(job_id, spec)
             await st.dub(job_id)
         except BaseException:
