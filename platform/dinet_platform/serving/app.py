@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dinet_platform.config.schema import DataConfig
 from dinet_platform.media.io import MediaError, check_video_header
@@ -56,6 +57,14 @@ def create_app() -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # the framework's own refusals (a malformed multipart body, an unknown route) in the
+        # API's error shape
+        field = "body" if exc.status_code == 400 else "path"
+        return JSONResponse({"error": {"field": field, "message": str(exc.detail)}},
+                            exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -15,6 +15,7 @@ ERROR_SCHEMA = {
                        "message": {"type": "string"}}}},
 }
 _REASONS = {
+    400: "Malformed body (e.g. a broken or oversized multipart form)",
     401: "Missing or wrong bearer token",
     404: "Unknown avatar or job id",
     409: "The job is not done",
