@@ -102,6 +102,17 @@ def start_local_ray(**init_kwargs) -> None:
     Ray's own processes (and so Serve's controller, HAProxy and replicas) inherit
     :func:`serve_throughput_env`; this process's environment is left as it was, so a Ray
     cluster started later from it (``ray start``) does not share those ports.
+
+    Always a new Ray of its own (``address="local"``): a bare ``ray.init()`` joins the cluster
+    that the machine's last ``ray start`` recorded in ``$RAY_TMPDIR/ray/ray_current_cluster``
+    (default /tmp/ray), even one that has since stopped. Joining a cluster is
+    :func:`ray_session`'s ``address`` (``--address``, ``RAY_ADDRESS``).
+
+    On loopback (:func:`loopback_node`): the node's IP is 127.0.0.1, so the GCS, raylet, agents
+    and workers (Ray Train's, Serve's replicas and proxies) listen there, not on every
+    interface; Ray 2.60 also turns its token auth on for a Ray started this way. What Ray
+    2.60 binds to every interface whatever it is told: Serve's inter-deployment gRPC server
+    in each replica (``[::]:0``) and HAProxy's stats and Prometheus frontends (read-only).
     """
     port = free_port()
     env_vars = {
@@ -115,7 +126,8 @@ def start_local_ray(**init_kwargs) -> None:
     # name and pid: a `dinet` command writes it to its log under $DINET_HOME/logs
     # (console_logs.captured), `dinet --verbose` prints it.
     init_kwargs.setdefault("log_to_driver", True)
-    with environment(serve_throughput_env()):
+    init_kwargs.setdefault("address", "local")
+    with environment(serve_throughput_env()), loopback_node():
         ray.init(
             include_dashboard=True,
             dashboard_host="127.0.0.1",
@@ -125,6 +137,29 @@ def start_local_ray(**init_kwargs) -> None:
             **init_kwargs,
         )
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+@contextmanager
+def loopback_node() -> Iterator[None]:
+    """A Ray that ``ray.init`` starts meanwhile in this process (not one it joins) takes
+    127.0.0.1 as its node IP.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray 2.60 replaces a loopback
+    address with the machine's routable one (``services.resolve_ip_for_localhost``), unless
+    its "no clusters on this platform" switch (``ray_constants.ENABLE_RAY_CLUSTER``, which
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` sets at import) is off. Off, the new node's processes
+    are handed 127.0.0.1 and bind their gRPC servers to it; Ray's workers take the address
+    from their node. The switch is off only for the duration, so joining a cluster later from
+    this process is unaffected.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextmanager
