@@ -172,7 +172,10 @@ def promote(
 ) -> PromotionOutcome:
     """Evaluate ``version`` against the current holder of ``alias`` on the same held-out data
     in one evaluation run, and move the alias only if the gates pass (or ``force`` with a
-    ``reason``). The replaced holder becomes :func:`previous_alias`."""
+    ``reason``) and the alias still names that holder (else
+    :class:`~dinet_platform.registry.versions.AliasMovedError`, naming both versions: of two
+    concurrent promotions, one moves the alias and the other is refused). The replaced holder
+    becomes :func:`previous_alias`."""
     console = console or Console()
     name = config.tracking.registered_model
     if alias not in PROMOTION_TARGETS:
@@ -202,7 +205,9 @@ def promote(
     client.set_model_version_tag(name, str(version), f"{prefix}.holder", str(holder or ""))
     if not passed and not force:
         return PromotionOutcome(name, version, alias, holder, False, False, gates, evaluation)
-    move_alias(client, name, alias, version)
+    # Gated against `holder` minutes ago: move only if the alias still names it (another
+    # promotion or a rollback may have moved it meanwhile; see registry.versions).
+    move_alias(client, name, alias, version, expected=holder)
     record = {
         f"dinet.promoted.{alias}.by": who(),
         f"dinet.promoted.{alias}.at": registry_stamp(),

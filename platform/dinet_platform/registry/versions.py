@@ -3,9 +3,20 @@
 Every registration of the platform -- a trained generator (:mod:`dinet_platform.promotion`),
 an optimized artifact (:mod:`.optimized`), a sync expert
 (:mod:`dinet_platform.evaluation.runs`) -- goes through :func:`register_version`, which records
-who registered what from which code. Aliases never name a missing version: a version is looked
-up before any alias is pointed at it, the rollback alias is set before the main alias moves
-(an interruption in between leaves both naming existing versions), and nothing is deleted.
+who (:func:`who`) registered what from which code. Aliases never name a missing version: a
+version is looked up before any alias is pointed at it, the rollback alias is set before the
+main alias moves (an interruption in between leaves the main alias where it was), and nothing
+is deleted.
+
+Concurrent moves. MLflow has no compare-and-set for aliases, so an alias move here is: take the
+model's registry lock (:func:`registry_lock`), read the holder again, refuse
+(:class:`AliasMovedError`, naming both versions) if it is not the holder the decision was
+made against (a promotion's gates, a rollback's reading), move, read back. Two promotions
+through this module that share the lock (same ``$DINET_HOME``, e.g. the cluster's on EFS)
+cannot both move: the second is refused. What remains: writers that do not share the lock
+(another ``$DINET_HOME``, the MLflow UI or API directly) can still move the alias between the
+re-read and the move, a window of one store round trip; the read-back after the move catches
+the ones that land after it and says so, but MLflow keeps whichever move came last.
 
 Aliases: ``candidate`` (set on registration), ``staging`` and ``production`` (moved by
 promotion, :mod:`dinet_platform.promotion`), and for each promotable alias the version it
@@ -15,11 +26,16 @@ never overwrites production's rollback target).
 
 from __future__ import annotations
 
+import fcntl
 import getpass
+import hashlib
 import json
 import os
+import re
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +45,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dinet_platform.config import DINetConfig
+from dinet_platform.paths import dinet_home
 
 CANDIDATE, STAGING, PRODUCTION = "candidate", "staging", "production"
 PROMOTION_TARGETS = (STAGING, PRODUCTION)
@@ -37,12 +54,34 @@ KEY_METRICS = ("mouth_psnr", "mouth_ssim", "lse_c", "warp_error")
 TAG_LIMIT = 5000
 
 
+IDENTITY_ENV = "DINET_USER"
+LOCK_TIMEOUT_S = 120.0
+
+
 def who() -> str:
-    """Who is acting, for the registry's records."""
+    """Who is acting, for the registry's records, most trusted first: ``$DINET_USER`` (set by
+    a front end that authenticated the caller), the MLflow username of this client
+    (``$MLFLOW_TRACKING_USERNAME`` or ``~/.mlflow/credentials``: the identity an MLflow server
+    with basic-auth checked), else the OS user (``$USER``, which anyone can set)."""
+    identity = os.environ.get(IDENTITY_ENV, "").strip()
+    if identity:
+        return identity
+    try:
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        username = (read_mlflow_creds().username or "").strip()
+    except Exception:  # an unreadable credentials file names nobody
+        username = ""
+    if username:
+        return username
     try:
         return os.environ.get("USER") or getpass.getuser()
     except Exception:  # no user database entry (containers)
         return "unknown"
+
+
+class AliasMovedError(RuntimeError):
+    """An alias no longer names the version a decision about it was made against."""
 
 
 def git_commit() -> str:
@@ -98,15 +137,66 @@ def alias_holder(client: MlflowClient, name: str, alias: str) -> int | None:
         return None
 
 
-def move_alias(client: MlflowClient, name: str, alias: str, version: int) -> int | None:
+@contextmanager
+def registry_lock(client: MlflowClient, name: str,
+                  timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive, for the duration, among alias moves of model ``name`` in store
+    ``client.tracking_uri`` made from processes (and threads) sharing this ``$DINET_HOME``: an
+    ``flock`` on ``$DINET_HOME/locks/``, which a shared file system with locking (EFS, NFSv4)
+    extends across machines. Held for a few store calls, never across an evaluation."""
+    key = hashlib.sha256(f"{client.tracking_uri}\n{name}".encode()).hexdigest()[:16]
+    folder = dinet_home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"registry-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:64]}-{key}.lock"
+    deadline = time.monotonic() + timeout_s
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"registry lock {path} still held after {timeout_s:.0f}s "
+                                       f"by another move of {name!r}") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_UNCHECKED = object()
+
+
+def move_alias(client: MlflowClient, name: str, alias: str, version: int, *,
+               expected: int | object | None = _UNCHECKED) -> int | None:
     """Point ``alias`` at ``version`` (which must exist); the holder it replaces becomes
-    :func:`previous_alias`. Returns that old holder (None if there was none)."""
+    :func:`previous_alias`. Returns that old holder (None if there was none).
+
+    With ``expected`` (a version, or None for "no holder"), the move is a compare-and-set as
+    far as MLflow allows (see the module doc): refused with :class:`AliasMovedError` if the
+    alias's holder is no longer ``expected``."""
     require_version(client, name, version)
-    holder = alias_holder(client, name, alias)
-    if holder is not None and holder != version:
-        client.set_registered_model_alias(name, previous_alias(alias), str(holder))
-    client.set_registered_model_alias(name, alias, str(version))
+    with registry_lock(client, name):
+        holder = alias_holder(client, name, alias)
+        if expected is not _UNCHECKED and holder != expected:
+            raise AliasMovedError(
+                f"{name}@{alias} moved since v{version} was checked against "
+                f"{_named(expected)}: it now names {_named(holder)}. {alias!r} not moved to "
+                f"v{version}; run it again to check v{version} against {_named(holder)}")
+        if holder is not None and holder != version:
+            client.set_registered_model_alias(name, previous_alias(alias), str(holder))
+        client.set_registered_model_alias(name, alias, str(version))
+        now = alias_holder(client, name, alias)
+    if now != version:
+        raise AliasMovedError(
+            f"{name}@{alias} was moved to {_named(now)} by another writer while this moved it "
+            f"from {_named(holder)} to v{version}: MLflow kept the other move")
     return holder
+
+
+def _named(version: int | object | None) -> str:
+    return "no version" if version is None else f"v{version}"
 
 
 def tag_text(value: Any) -> str:
@@ -166,22 +256,36 @@ def rollback(
     config: DINetConfig, client: MlflowClient, alias: str, reason: str | None = None
 ) -> RollbackOutcome:
     """Point ``alias`` back at the version it replaced (``previous`` for production); the
-    version rolled back from becomes the rollback target, so a second rollback undoes it."""
+    version rolled back from becomes the rollback target, so a second rollback undoes it.
+
+    Under the model's registry lock, ``previous`` moves first, then ``alias``: an interruption
+    in between leaves ``alias`` where it was (both name the current version; a second rollback
+    then refuses, saying so), never a served alias pointing back while the way forward is
+    lost. The holder is read again right before the moves (:class:`AliasMovedError` if it
+    changed since)."""
     name = config.tracking.registered_model
     if alias not in PROMOTION_TARGETS:
         raise ValueError(f"can only roll back {' or '.join(PROMOTION_TARGETS)}, not {alias!r}")
-    current = alias_holder(client, name, alias)
-    if current is None:
-        raise ValueError(f"registered model {name!r} has no alias {alias!r}: nothing to roll "
-                         "back")
     target_alias = previous_alias(alias)
-    previous = alias_holder(client, name, target_alias)
-    if previous is None:
-        raise ValueError(f"no {target_alias!r} version recorded for {alias!r} of {name!r}: "
-                         "nothing to roll back to")
-    require_version(client, name, previous)
-    client.set_registered_model_alias(name, alias, str(previous))
-    client.set_registered_model_alias(name, target_alias, str(current))
+    with registry_lock(client, name):
+        current = alias_holder(client, name, alias)
+        if current is None:
+            raise ValueError(f"registered model {name!r} has no alias {alias!r}: nothing to "
+                             "roll back")
+        previous = alias_holder(client, name, target_alias)
+        if previous is None:
+            raise ValueError(f"no {target_alias!r} version recorded for {alias!r} of {name!r}: "
+                             "nothing to roll back to")
+        if previous == current:
+            raise ValueError(f"{name}@{target_alias} names v{current}, the version {alias!r} "
+                             "holds (an interrupted rollback?): nothing to roll back to; "
+                             f"promote the version to restore instead")
+        require_version(client, name, previous)
+        client.set_registered_model_alias(name, target_alias, str(current))
+        if alias_holder(client, name, alias) != current:
+            raise AliasMovedError(f"{name}@{alias} moved away from v{current} during the "
+                                  f"rollback; {target_alias!r} now names v{current}")
+        client.set_registered_model_alias(name, alias, str(previous))
     record = {
         f"dinet.rollback.{alias}.by": who(),
         f"dinet.rollback.{alias}.at": registry_stamp(),
