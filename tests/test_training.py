@@ -171,3 +171,89 @@ def test_pipeline_key_follows_only_what_training_depends_on():
     changed.loss.temporal.frame_diff += 1.0
     assert pipeline_key(changed, "data-1") != key
     assert pipeline_key(base, "data-2") != key
+
+
+class LocalShard:
+    """A Ray Train dataset shard's ``iter_torch_batches``, over a plain ``ShardDataset``;
+    ``on_epoch`` is called each time an epoch starts reading it."""
+
+    def __init__(self, dataset, on_epoch=None):
+        self.dataset = dataset
+        self.on_epoch = on_epoch
+
+    def iter_torch_batches(self, batch_size: int, device=None, drop_last: bool = False):
+        if self.on_epoch:
+            self.on_epoch()
+        yield from torch.utils.data.DataLoader(self.dataset, batch_size=batch_size,
+                                               drop_last=drop_last)
+
+
+@pytest.mark.cluster
+def test_an_mlflow_outage_mid_stage_costs_logging_not_the_epoch(prepared_dir, home, tmp_path,
+                                                                monkeypatch):
+    """The worker function of a stage, run in this process as Ray Train's rank 0 (its Ray Train
+    calls stood in for), logging to a real ``mlflow server`` that stops when the second epoch
+    starts: both epochs still report their checkpoint, and the lost logging is a warning."""
+    import contextlib
+
+    import ray.train
+    import ray.train.torch
+    from dinet_platform.data.samples import ShardDataset
+    from dinet_platform.training import loop
+    from mlflow import MlflowClient
+
+    from tests.cluster import mlflow_server
+    from tests.support import tiny_config
+
+    config = load_config(write_config(tmp_path, tiny_config(
+        "outage", stages=[{"mouth_size": 64, "epochs": 2, "batch_size": 2, "lr": 1e-3}],
+        training={"num_workers": 1, "steps_per_epoch": 1}), prepared_dir))
+    server = contextlib.ExitStack()
+    uri = server.enter_context(mlflow_server(tmp_path / "mlflow"))
+    try:
+        client = MlflowClient(uri)
+        run_id = client.create_run(experiment_id(client, "outage")).info.run_id
+        seen = {"epochs": 0, "reports": []}
+
+        def logged_epochs() -> list[int]:
+            return sorted(m.step for m in client.get_metric_history(run_id, "epoch"))
+
+        def report(metrics, checkpoint=None):
+            seen["reports"].append((int(metrics["epoch"]), sorted(os.listdir(checkpoint.path))))
+            if len(seen["reports"]) == 1:
+                seen["logged_at_first_report"] = logged_epochs()
+
+        def epoch_starts():
+            seen["epochs"] += 1
+            if seen["epochs"] == 2:  # the server goes away as the second epoch starts
+                seen["logged_before_outage"] = logged_epochs()
+                server.close()
+
+        def shard(split):
+            dataset = ShardDataset(prepared_dir, 64, config.data.clip_len, split, config.data)
+            return LocalShard(torch.utils.data.Subset(dataset, range(min(4, len(dataset)))),
+                              epoch_starts if split == "train" else None)
+
+        class Rank0:
+            def get_world_rank(self):
+                return 0
+
+        monkeypatch.setattr(ray.train, "get_context", Rank0)
+        monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+        monkeypatch.setattr(ray.train, "get_dataset_shard", shard)
+        monkeypatch.setattr(ray.train, "report", report)
+        monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+        monkeypatch.setattr(ray.train.torch, "prepare_model", lambda model: model)
+        with pytest.warns(loop.TrackingWarning) as caught:
+            loop.train_loop_per_worker({
+                "config": config.model_dump(mode="json"), "mouth_size": 64,
+                "mlflow": {"tracking_uri": uri, "run_id": run_id}})
+    finally:
+        server.close()
+    # Both epochs reported a checkpoint; the first before it was logged, then logged.
+    assert [(epoch, "checkpoint.pt" in files) for epoch, files in seen["reports"]] == [
+        (0, True), (1, True)]
+    assert seen["logged_at_first_report"] == [] and seen["logged_before_outage"] == [0]
+    [warning] = [w for w in caught if issubclass(w.category, loop.TrackingWarning)]
+    message = str(warning.message)
+    assert "epoch 1" in message and run_id in message and "training continues" in message

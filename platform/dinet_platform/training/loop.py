@@ -3,15 +3,23 @@
 Every worker builds the networks, restores state (a checkpoint of this run when Ray Train
 restarts the worker group, else the stage's init checkpoint), then per epoch trains on its
 shard of the ``train`` dataset, validates on its shard of ``val`` (metrics all-reduced across
-workers) and reports. Rank 0 writes the checkpoint, logs the epoch's metrics and images to the
-stage's MLflow run, and prints progress.
+workers) and reports. Rank 0 writes the checkpoint, prints progress, reports, and then logs
+the epoch's metrics and images to the stage's MLflow run.
+
+The checkpoint goes to Ray Train first and MLflow logging after it is best effort
+(:class:`_Tracker`): a tracking server that is down or slow costs the epoch's MLflow metrics
+and images and a :class:`TrackingWarning`, never the epoch, so an MLflow outage does not spend
+``training.max_failures`` or lose the checkpoint a restart resumes from.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +46,7 @@ from dinet_platform.models.checkpoints import (
 )
 from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.models.syncnet import SyncNet
+from dinet_platform.ray_runtime import environment
 from dinet_platform.training.images import attention_grid, sample_grid, write_png
 from dinet_platform.training.objective import (
     StageObjective,
@@ -136,12 +145,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "metrics": metrics,
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                if tracker:
-                    tracker.log(metrics, step=epoch)
-                    tracker.log_images(generator, sample_batch, epoch,
-                                       crop_geometry(mouth_size).mouth)
                 _print_progress(mouth_size, epoch, stage.epochs, metrics, epoch_times)
+            # The checkpoint first: it is what a restart resumes from, and Ray Train's record of
+            # the epoch. MLflow after it, best effort.
             ray.train.report(metrics, checkpoint=checkpoint)
+        if tracker:
+            tracker.log_epoch(metrics, epoch, generator, sample_batch,
+                              crop_geometry(mouth_size).mouth)
 
 
 def _restore(
@@ -236,19 +246,55 @@ def _print_progress(
           flush=True)
 
 
+class TrackingWarning(UserWarning):
+    """A training worker's MLflow logging failed; training went on without it."""
+
+
+TRACKER_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow's own defaults (7 retries with exponential backoff, 120 s per request) would hold an
+epoch for many minutes per call while the server is down; the tracker's calls give up after
+seconds instead (unless the environment sets these itself)."""
+
+
 class _Tracker:
-    """Rank 0's MLflow logging into the stage run the driver created."""
+    """Rank 0's MLflow logging into the stage run the driver created, best effort: a failed
+    call warns (:class:`TrackingWarning`, naming the run, the epoch and the error) and the
+    rest of that epoch's logging is skipped; the next epoch tries again."""
 
     def __init__(self, settings: dict[str, str] | None):
         self.run_id = settings["run_id"] if settings else None
-        self.client = MlflowClient(settings["tracking_uri"]) if settings else None
+        self.tracking_uri = settings["tracking_uri"] if settings else None
+        self.client = MlflowClient(self.tracking_uri) if settings else None
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
+    def _best_effort(self, what: str, step: int, call: Callable[[], None]) -> bool:
         if self.client is None:
-            return
+            return False
+        bounded = {k: v for k, v in TRACKER_HTTP_DEFAULTS.items() if k not in os.environ}
+        try:
+            with environment(bounded):
+                call()
+        except Exception as exc:
+            warnings.warn(
+                f"MLflow logging of {what} (epoch {step}) to run {self.run_id} at "
+                f"{self.tracking_uri} failed, training continues without it (the epoch's "
+                f"checkpoint was reported to Ray Train): {type(exc).__name__}: {exc}",
+                TrackingWarning, stacklevel=2)
+            return False
+        return True
+
+    def log(self, metrics: dict[str, float], step: int) -> bool:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        return self._best_effort("metrics", step,
+                                 lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int, generator: torch.nn.Module,
+                  batch: dict[str, torch.Tensor], mouth: Box) -> None:
+        """The epoch's metrics, then its sample grid and attention maps."""
+        if self.log(metrics, step=epoch):
+            self._best_effort("sample images", epoch,
+                              lambda: self.log_images(generator, batch, epoch, mouth))
 
     def log_images(
         self, generator: torch.nn.Module, batch: dict[str, torch.Tensor], epoch: int, mouth: Box
@@ -258,12 +304,14 @@ class _Tracker:
         generator.eval()
         source, reference = batch["clip_source"][:, 0], batch["reference"]
         audio = batch["clip_audio"][:, 0]
-        with torch.no_grad():
-            if hasattr(generator, "attention") and len(generator.attention):
-                fake, maps = generator(source, reference, audio, return_attention=True)
-            else:
-                fake, maps = generator(source, reference, audio), {}
-        generator.train()
+        try:
+            with torch.no_grad():
+                if hasattr(generator, "attention") and len(generator.attention):
+                    fake, maps = generator(source, reference, audio, return_attention=True)
+                else:
+                    fake, maps = generator(source, reference, audio), {}
+        finally:
+            generator.train()
         with tempfile.TemporaryDirectory() as tmp:
             grid = write_png(Path(tmp) / f"epoch_{epoch:03d}.png",
                              sample_grid(source, fake, batch["clip"][:, 0], mouth))
