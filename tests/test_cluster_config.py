@@ -115,3 +115,12 @@ def test_security_choices(cluster):
     # MLflow artifacts to S3, store on the persistent volume.
     assert "--artifacts-destination s3://" in head_start
     assert "sqlite:////mnt/dinet-state/" in head_start
+    # MLflow: every request authenticated (the basic-auth app, its extra at the pinned MLflow),
+    # its secrets made on the head, the nodes' account mounted where MLflow reads it.
+    assert "mlflow server --app-name basic-auth" in head_start
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY=" in head_start
+    assert "MLFLOW_AUTH_CONFIG_PATH=" in head_start
+    mlflow = next(d for d in pyproject()["project"]["dependencies"] if pinned(d) == "mlflow")
+    head_setup = " ".join(cluster["head_setup_commands"])
+    assert f'"mlflow[auth]=={mlflow.split("==")[1]}"' in head_setup
+    assert "/home/ray/.mlflow/credentials" in cluster["file_mounts"]
