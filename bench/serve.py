@@ -61,8 +61,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from bench.common import markdown_table, median, percentile, write_json
-
-TOKEN = "bench-token-0123456789abcdef"
+from bench.stand_in import TOKEN
 
 
 def register_stand_in(client, config, mouth: int, folder: Path) -> int:

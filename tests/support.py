@@ -237,3 +237,36 @@ def features(n: int, seed: int):
 def frames_npy(http, avatar_id: str, feats, start: int = 0):
     return http.post(f"/v1/avatars/{avatar_id}/frames",
                      json={"features": feats.tolist(), "start": start, "format": "npy"})
+
+
+def schemathesis_run(url: str, folder: Path, examples: int, token: str | None, *,
+                     seed: int = 0, ids: dict[str, str] | None = None,
+                     methods: str = "all"):
+    """``st run`` (schemathesis) against the app at ``url``: ``examples`` per operation, with
+    the bearer ``token`` (or none), ``ids`` filling path parameters (an avatar and a job that
+    exist, so the fuzzer reaches the parsers behind them; ``methods="no-delete"`` keeps them,
+    ``"delete"`` runs only the DELETEs, after). Every request and answer is kept in
+    ``folder/requests.har``. Fails on a 5xx or an answer the OpenAPI does not describe."""
+    import os
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "schemathesis.toml"
+    config.write_text("[parameters]\n" + "".join(
+        f'"path.{name}" = "{value}"\n' for name, value in (ids or {}).items()))
+    command = [str(Path(sys.executable).with_name("st")), "--config-file", str(config), "run",
+               f"{url}/openapi.json", "--url", url,
+               "--checks", "not_a_server_error,response_schema_conformance,"
+               "content_type_conformance,status_code_conformance",
+               "--max-examples", str(examples), "--seed", str(seed), "--workers", "2",
+               "--request-timeout", "60", "--suppress-health-check", "all",
+               "--phases", "examples,coverage,fuzzing", "--no-color",
+               "--report", "har", "--report-har-path", str(folder / "requests.har")]
+    if token:
+        command += ["--header", f"Authorization: Bearer {token}"]
+    if methods != "all":
+        command += ["--exclude-method" if methods == "no-delete" else "--include-method",
+                    "DELETE"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dinet_platform.config.schema import DataConfig
@@ -264,10 +266,21 @@ def create_app() -> FastAPI:
         if status["state"] != "done":
             raise ApiError(409, "job_id", f"job is {status['state']}"
                            + (f": {status['error']}" if status.get("error") else ""))
-        return FileResponse(st.jobs.output(job_id), media_type="video/mp4",
-                            filename=f"dub-{job_id}.mp4")
+        try:  # an open file is served even if the job is deleted meanwhile
+            video = st.jobs.output(job_id).open("rb")
+        except (JobNotFound, FileNotFoundError):
+            raise ApiError(404, "job_id", f"job {job_id} was deleted") from None
+        return StreamingResponse(iter_file(video), media_type="video/mp4", headers={
+            "Content-Disposition": f'attachment; filename="dub-{job_id}.mp4"',
+            "Content-Length": str(os.fstat(video.fileno()).st_size)})
 
     return app
+
+
+def iter_file(handle: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    with handle:
+        while data := handle.read(chunk):
+            yield data
 
 
 def refusal_status(exc: Exception) -> int:

@@ -1,0 +1,232 @@
+"""The HTTP API under fuzzing and a hostile corpus, with a live caller beside it.
+
+    python bench/fuzz.py [--out FILE.json] [--examples 200] [--width 0.125] [--quick]
+
+A local Serve app (``bench/stand_in.py``, shipped serving settings). Meanwhile one live
+caller sends 5-frame windows in a closed loop and counts its answers, so the report says
+whether live traffic kept flowing. Then:
+
+- schemathesis (``st run``, what ``make test`` runs with 25) generates ``--examples`` requests
+  per operation from the OpenAPI document with the token, and a tenth of that without;
+  every request and answer is read back from its HAR file;
+- the hostile corpus: the serving-hardening issue's repros (4K and timestamp-expansion
+  videos, a 16000x16000 PNG, an HLS playlist to a server file, a chunked body past the
+  limit, numbers past 4,300 digits, JSON nested 50k deep, a 300-character file name, a 3-hour
+  FLAC, unauthenticated admin calls), each sent as an attacker would.
+
+Reported: requests, answers by status code (4xx, 5xx: the target is 0), failed checks, the
+ingress's and model replica's peak RSS, and the live caller's answers and latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import markdown_table, median, percentile, write_json
+from bench.stand_in import AUTH, TOKEN, StandIn, stand_in_serve
+from tests.media_bombs import flac, playlist, png_bomb, solid_video
+from tests.support import schemathesis_run
+
+
+def replica_pids() -> dict[str, int]:
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+    pids = {}
+    for actor in actors:
+        for name in ("LipSyncIngress", "LipSyncModel"):
+            if name in actor.class_name:
+                pids[name] = actor.pid
+    return pids
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class LiveCaller(threading.Thread):
+    """One closed-loop live caller until stopped: its answers by status, and latencies."""
+
+    def __init__(self, app: StandIn):
+        super().__init__(daemon=True)
+        self.app, self.stop = app, threading.Event()
+        self.codes: collections.Counter = collections.Counter()
+        self.latencies: list[float] = []
+
+    def run(self) -> None:
+        body = {"features": np.zeros((5, 29)).tolist(), "format": "npy"}
+        with httpx.Client(base_url=self.app.url, headers=AUTH, timeout=120) as client:
+            while not self.stop.is_set():
+                began = time.perf_counter()
+                try:
+                    code = client.post(f"/v1/avatars/{self.app.avatar}/frames",
+                                       json=body).status_code
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                self.codes[code] += 1
+                self.latencies.append(time.perf_counter() - began)
+
+
+def hostile_corpus(app: StandIn, folder: Path, fuzz_avatar: str) -> list[dict]:
+    """The issue's repros, each sent once: name, status."""
+    url = app.url
+    uhd = solid_video(folder / "uhd.mp4", 3840, 2160, 4).read_bytes()
+    spread = solid_video(folder / "spread.mkv", 160, 160, 2, fmt="matroska",
+                         seconds_apart=2000.0).read_bytes()
+    hls = playlist(folder / "x.m3u8", app.video).read_bytes()
+    long_flac = flac(folder / "long.flac", 3 * 3600.0, claim_samples=None).read_bytes()
+    frames_url = f"{url}/v1/avatars/{fuzz_avatar}/frames"
+    json_type = {**AUTH, "Content-Type": "application/json"}
+
+    def chunked(size: int):
+        for _ in range(size // 65536):
+            yield b"\0" * 65536
+
+    boundary = "b"
+    multipart = {**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; "
+            f"filename=\"a.wav\"\r\n\r\n").encode()
+    cases = {
+        "4K mp4 avatar": lambda c: c.post(f"{url}/v1/avatars", headers=AUTH,
+                                          files={"video": ("a.mp4", uhd)}),
+        "frames 2000 s apart": lambda c: c.post(f"{url}/v1/avatars", headers=AUTH,
+                                                files={"video": ("a.mkv", spread)}),
+        "16000x16000 PNG": lambda c: c.post(f"{url}/v1/avatars", headers=AUTH, files=[
+            ("frames", ("b.png", png_bomb(), "image/png"))]),
+        "HLS playlist": lambda c: c.post(f"{url}/v1/avatars", headers=AUTH,
+                                         files={"video": ("x.m3u8", hls)}),
+        "4K dub video": lambda c: c.post(f"{url}/v1/dub", headers=AUTH, files={
+            "audio": ("a.wav", _silence()), "video": ("a.mp4", uhd)}),
+        "3 h FLAC dub": lambda c: c.post(f"{url}/v1/dub", headers=AUTH, data={
+            "avatar_id": fuzz_avatar}, files={"audio": ("a.flac", long_flac)}),
+        "chunked 100 MiB multipart": lambda c: c.post(
+            f"{url}/v1/dub", headers=multipart,
+            content=(part for chunk in ([head], chunked(100 << 20)) for part in chunk)),
+        "4301-digit number": lambda c: c.post(frames_url, headers=json_type,
+                                              content=b'{"start": ' + b"9" * 4301 + b"}"),
+        "JSON nested 50k deep": lambda c: c.post(
+            frames_url, headers=json_type,
+            content=b'{"features": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
+        "300-char file suffix": lambda c: c.post(f"{url}/v1/dub", headers=AUTH, data={
+            "avatar_id": fuzz_avatar}, files={"audio": ("x." + "a" * 300, b"RIFF")}),
+        "reload without token": lambda c: c.post(f"{url}/v1/admin/reload"),
+        "model info without token": lambda c: c.get(f"{url}/v1/model"),
+    }
+    rows = []
+    with httpx.Client(timeout=300) as client:
+        for name, send in cases.items():
+            try:
+                status = send(client).status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            rows.append({"case": name, "status": status})
+            print(f"  {name}: {status}", flush=True)
+    return rows
+
+
+def statuses(har: Path) -> collections.Counter:
+    entries = json.loads(har.read_text())["log"]["entries"] if har.is_file() else []
+    return collections.Counter(entry["response"]["status"] for entry in entries)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out")
+    parser.add_argument("--examples", type=int, default=200,
+                        help="generated requests per operation with the token")
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.examples = 10
+
+    folder = Path(tempfile.mkdtemp(prefix="dinet-bench-fuzz-"))
+    with stand_in_serve(width=args.width) as app:
+        pids = replica_pids()
+        for pid in pids.values():
+            reset_peak(pid)
+        video = app.video
+        own = httpx.post(f"{app.url}/v1/avatars", headers=AUTH, timeout=300, files={
+            "video": ("v.mp4", video.read_bytes()),
+            "landmarks": ("l.csv", video.with_suffix(".csv").read_bytes())}).json()
+        job = httpx.post(f"{app.url}/v1/dub", headers=AUTH, timeout=300,
+                         data={"avatar_id": own["avatar_id"]},
+                         files={"audio": ("a.wav", _silence())}).json()
+        ids = {"avatar_id": own["avatar_id"], "job_id": job["job_id"]}
+        live = LiveCaller(app)
+        live.start()
+        codes: collections.Counter = collections.Counter()
+        failed_checks = []
+        passes = ((TOKEN, args.examples, "no-delete"), (TOKEN, args.examples, "delete"),
+                  (None, max(1, args.examples // 10), "all"))
+        for token, examples, methods in passes:
+            label = f"{'with' if token else 'without'}-token-{methods}"
+            print(f"schemathesis, {examples} examples per operation, {label} ...", flush=True)
+            run = schemathesis_run(app.url, folder / label, examples, token, ids=ids,
+                                   methods=methods)
+            codes += statuses(folder / label / "requests.har")
+            if run.returncode != 0:
+                failed_checks.append(run.stdout[-4000:])
+        print("hostile corpus ...", flush=True)
+        corpus = hostile_corpus(app, folder, app.avatar)
+        for row in corpus:
+            codes[row["status"]] += 1
+        live.stop.set()
+        live.join(timeout=120)
+        peaks = {name: peak_mb(pid) for name, pid in pids.items()}
+
+    requests = sum(codes.values())
+    server_errors = sum(n for code, n in codes.items() if isinstance(code, int) and code >= 500)
+    summary = {
+        "requests": requests,
+        "by_status": {str(code): n for code, n in sorted(codes.items(), key=str)},
+        "4xx": sum(n for code, n in codes.items() if isinstance(code, int) and
+                   400 <= code < 500),
+        "5xx": server_errors,
+        "failed_schemathesis_runs": len(failed_checks),
+        "ingress_peak_rss_mb": peaks.get("LipSyncIngress"),
+        "model_peak_rss_mb": peaks.get("LipSyncModel"),
+        "live_answers": {str(code): n for code, n in live.codes.items()},
+        "live_ms_p50": 1000 * median(live.latencies) if live.latencies else None,
+        "live_ms_p99": 1000 * percentile(live.latencies, 99) if live.latencies else None,
+    }
+    print(markdown_table([summary], ["requests", "4xx", "5xx", "failed_schemathesis_runs",
+                                     "ingress_peak_rss_mb", "model_peak_rss_mb",
+                                     "live_ms_p50", "live_ms_p99"]))
+    print("answers by status:", summary["by_status"])
+    print("live caller's answers:", summary["live_answers"])
+    print(markdown_table(corpus, ["case", "status"]))
+    for text in failed_checks:
+        print(text)
+    write_json(args.out, {"summary": summary, "corpus": corpus, "args": vars(args)})
+
+
+def _silence() -> bytes:
+    from dinet_platform.serving.api import pcm_wav
+
+    return pcm_wav(np.zeros(8000), 16000)
+
+
+if __name__ == "__main__":
+    main()
