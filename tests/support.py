@@ -268,5 +268,5 @@ def schemathesis_run(url: str, folder: Path, examples: int, token: str | None, *
     if methods != "all":
         command += ["--exclude-method" if methods == "no-delete" else "--include-method",
                     "DELETE"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=3600,
+    return subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=folder,
                           env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})

@@ -154,6 +154,20 @@ def test_optimize_register_and_load_back(store, tmp_path):
     with pytest.raises(ValueError, match="optimized 'static_int8' artifact"):
         load_engine("models:/dinet/2", mode="fp32", client=client)
 
+    # Serve (whose precision policy is for checkpoints) serves it as it was optimized ...
+    from dinet_platform.config.serving import ServingConfig
+    from dinet_platform.serving.model import load_served_model
+
+    served = load_served_model(ServingConfig(precision="int8"), client, 2)
+    assert served.info.optimized_artifact and served.info.mode == "static_int8"
+    assert measure_psnr(served.engine, engine, batches) >= INT8_REPEAT_PSNR_DB
+    # ... and the promotion gates evaluate it as it serves (its quality decides, not its kind)
+    from dinet_platform.promotion.workflow import promote
+
+    outcome = promote(store["config"], client, 2, "staging")
+    assert set(outcome.evaluation.result.metrics) >= {"candidate", "paste_reference"}
+    assert outcome.gates and outcome.moved == all(gate.passed for gate in outcome.gates)
+
 
 def test_optimized_directory_loads_without_model_code(store, tmp_path):
     """A fresh process loads the optimized directory with torch (no project model classes)

@@ -43,11 +43,12 @@ from dinet_platform.evaluation.video_metrics import (
     temporal_sums,
     true_opening,
 )
-from dinet_platform.geometry import crop_geometry, mouth_mask
+from dinet_platform.geometry import crop_geometry, mouth_mask, mouth_size_of_crop
 from dinet_platform.media.audio_features import audio_window
 from dinet_platform.models.checkpoints import load_generator
 from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.models.syncnet import SyncNet
+from dinet_platform.runtime.engine import InferenceEngine
 
 GROUND_TRUTH = "ground_truth"
 PASTE_REFERENCE = "paste_reference"
@@ -57,10 +58,11 @@ BASELINES = (PASTE_REFERENCE, BLURRED_SOURCE)
 
 @dataclass
 class EvalModel:
-    """A generator ready to evaluate, and where it came from."""
+    """A generator ready to evaluate, and where it came from: the network itself, or an
+    ``engine`` (an optimized artifact, which runs only as it was built)."""
 
     name: str
-    generator: nn.Module
+    generator: nn.Module | None
     mouth_size: int
     audio_window: int
     audio_channels: int
@@ -70,6 +72,8 @@ class EvalModel:
     """The audio features it was trained on (None: only ``audio_channels`` is known)."""
     config: DINetConfig | None = None
     """The config it runs with (for a public DINet file: the one derived for it)."""
+    engine: InferenceEngine | None = None
+    """Set instead of ``generator`` for an optimized artifact."""
 
 
 def load_model(name: str, path: str | Path, source: str,
@@ -124,12 +128,25 @@ def generate_video(model: EvalModel, video: Video, batch_size: int = 16) -> torc
     audio = torch.from_numpy(np.stack(
         [audio_window(features, i, model.audio_window) for i in range(len(frames))]
     ))
+    if model.engine is not None:
+        return _engine_frames(model.engine, source, references, audio, batch_size)
     clip = ClipGenerator(model.generator).eval()
     out = [
         clip(source[None, s : s + batch_size], references, audio[None, s : s + batch_size])[0]
         for s in range(0, len(frames), batch_size)
     ]
     return torch.cat(out).clamp_(0.0, 1.0)
+
+
+def _engine_frames(engine: InferenceEngine, source: torch.Tensor, references: torch.Tensor,
+                   audio: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """What :class:`ClipGenerator` makes of a clip, by an inference engine: the references
+    encoded once, only the mouth box generated (as the product blends it)."""
+    features = engine.encode_reference(references)
+    fake = torch.cat([engine.generate(source[s : s + batch_size], audio[s : s + batch_size],
+                                      features) for s in range(0, len(source), batch_size)])
+    box = mouth_mask(mouth_size_of_crop(*fake.shape[-2:]), dtype=fake.dtype)
+    return (source + box * fake).clamp_(0.0, 1.0)
 
 
 def resize_frames(frames: torch.Tensor, mouth_size: int) -> torch.Tensor:

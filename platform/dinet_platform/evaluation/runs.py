@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
+from dinet_platform.audio_contract import AudioFeatureSpec
 from dinet_platform.config import DINetConfig, dump_config
 from dinet_platform.evaluation.data import VideoSet
 from dinet_platform.evaluation.evaluate import EvalModel, EvaluationResult, evaluate, load_model
@@ -42,6 +43,7 @@ from dinet_platform.metrics import PSNR_CAP_DB
 from dinet_platform.models.checkpoints import load_sync_expert, save_sync_expert
 from dinet_platform.models.syncnet import SyncNet
 from dinet_platform.paths import dinet_home, shards_path
+from dinet_platform.registry.loading import is_optimized, load_engine
 from dinet_platform.registry.refs import MODEL_URI, resolve
 from dinet_platform.registry.versions import metric_tags, move_alias, register_version
 from dinet_platform.tracking import CHECKPOINT_ARTIFACT, KIND_TAG, RUN_ID, experiment_id
@@ -56,9 +58,19 @@ SYNC_ALIAS = "production"
 def resolve_model(
     name: str, reference: str, client: MlflowClient, fallback: DINetConfig | None = None
 ) -> EvalModel:
-    """Load the model ``reference`` names (see the module docstring) as entry ``name``."""
+    """Load the model ``reference`` names (see the module docstring) as entry ``name``; an
+    optimized version (``dinet optimize --register``) is evaluated as it serves."""
     resolved = resolve(reference, client)
-    model = load_model(name, resolved.path, source=resolved.reference, fallback=fallback)
+    if is_optimized(resolved.path):
+        engine, info = load_engine(str(resolved.path))
+        model = EvalModel(name=name, generator=None, mouth_size=info.mouth_size,
+                          audio_window=info.config.data.audio_window,
+                          audio_channels=info.config.model.audio_channels,
+                          source=resolved.reference,
+                          features=AudioFeatureSpec.from_data(info.config.data),
+                          config=info.config, engine=engine)
+    else:
+        model = load_model(name, resolved.path, source=resolved.reference, fallback=fallback)
     model.details = resolved.details
     return model
 
