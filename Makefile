@@ -32,8 +32,9 @@ test-fast: $(STAMP) lint
 	$(BIN)/pytest -m "unit and not slow" -q
 
 # The cluster tests alone: a Ray head + a second Ray node on loopback, a real mlflow server, a
-# 2-worker stage spread over both nodes, then the same stage as a `ray job submit` job (token
-# auth); `dinet train --address` on a one-node head; the registry against the mlflow server.
+# 2-worker stage spread over both nodes, then the same stage as a Ray Job through
+# `dinet train --address` (token auth); the registry against the mlflow server; training
+# through an mlflow server that stops mid-stage.
 cluster-test: $(STAMP)
 	$(BIN)/pytest -m cluster -q
 

@@ -45,7 +45,7 @@ SYNTH_SIZE = 160
 
 LANES = ("unit", "ray", "serve", "cluster")
 # Fixtures that decide a test's lane, and the lanes allowed to use them.
-LANE_FIXTURES = {"ray_local": {"ray", "serve"}, "ray_head": {"cluster"}}
+LANE_FIXTURES = {"ray_local": {"ray", "serve"}}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -149,16 +149,6 @@ def trained_pipeline(
         result = run_pipeline(config, client_for(config.tracking))
     return TrainedPipeline(home=root / "home", config=TRAINED, run_id=result.run_id,
                            stage_run_ids=tuple(stage.run_id for stage in result.stages))
-
-
-@pytest.fixture
-def ray_head() -> Iterator[object]:
-    """A one-node token-auth Ray cluster (``ray start --head``, 2 CPUs) on loopback, every
-    port explicit (see tests/cluster.py); stopped by its own process at the end."""
-    from tests.cluster import ray_cluster
-
-    with ray_cluster([2]) as cluster:
-        yield cluster
 
 
 SERVE_ARGS = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2, "max_ongoing_requests": 8,

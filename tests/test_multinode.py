@@ -1,6 +1,8 @@
 """Multi-node on one machine: a Ray head and a second Ray node on loopback (token auth), a real
-``mlflow server``, a 2-worker training stage spread over both nodes with a shared storage path,
-then the same stage again as a Ray Job through the ``ray job submit`` CLI.
+``mlflow server``, a 2-worker training stage spread over both nodes with a shared storage path
+from a driver on the cluster, then the same stage as a Ray Job through ``dinet train
+--address`` (with its ``--set`` travelling along), and a job submission without the token
+refused.
 
 Marked ``cluster``: ``make test`` runs it (with the other cluster tests) in a pytest process of
 its own after the rest, without the session's local Ray; ``make cluster-test`` runs only those.
@@ -8,17 +10,13 @@ its own after the rest, without the session's local Ray; ``make cluster-test`` r
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 
 import mlflow
 import pytest
-from dinet_platform.config import dump_config, load_config
-from dinet_platform.training.submit import CONFIG_VARIABLE, EXCLUDES, PROJECT_ROOT
 
 from tests.cluster import RAY, mlflow_server, ray_cluster
 from tests.support import PIPELINE, TINY_STAGE, merged, write_config
@@ -41,20 +39,6 @@ def output(result: subprocess.CompletedProcess) -> str:
     return f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
 
 
-def ray_job(args: list[str], env: dict[str, str], attempts: int = 10):
-    """Run a `ray job` CLI command. A dashboard whose job agent is too busy to answer within
-    Ray's 10 s answers "No available agent to submit job, please try again later": so, again
-    later (a submission that did get through answers "already exists" on the retry)."""
-    for attempt in range(attempts):
-        result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-        busy = "No available agent" in result.stdout + result.stderr
-        if result.returncode == 0 or (attempt and "already exists" in result.stderr):
-            return result
-        assert busy and attempt < attempts - 1, output(result)
-        time.sleep(5)
-    raise AssertionError("unreachable")
-
-
 def stage_runs(client: mlflow.MlflowClient, experiment: str) -> list:
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r}"
@@ -67,8 +51,8 @@ def stage_runs(client: mlflow.MlflowClient, experiment: str) -> list:
 def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir, tmp_path):
     storage = tmp_path / "shared-storage"  # one filesystem: shared by both nodes
     path = write_config(tmp_path, multinode_config(storage), prepared_dir)
-    # The job trains into another experiment: a new pipeline, not the finished one skipped.
-    job_config = load_config(path, ["tracking.experiment=multinode-job"])
+    # The job trains into another experiment (--set): a new pipeline, not the finished one
+    # skipped.
 
     started = time.monotonic()
 
@@ -89,23 +73,21 @@ def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir,
         assert driver.returncode == 0, output(driver)
         progress("the stage trained from a driver on the cluster")
 
-        runtime_env = {
-            "working_dir": str(PROJECT_ROOT),
-            "excludes": EXCLUDES,
-            "env_vars": {CONFIG_VARIABLE: dump_config(job_config), "PYTHONPATH": "platform",
-                         "MLFLOW_TRACKING_URI": tracking, "DINET_HOME": env["DINET_HOME"]},
-        }
-        job_id = f"multinode-{uuid.uuid4().hex[:8]}"
-        submit = [str(RAY), "job", "submit", "--address", cluster.dashboard, "--no-wait",
-                  "--submission-id", job_id, "--runtime-env-json", json.dumps(runtime_env),
-                  "--", "python", "jobs/train_stage.py", "--config", f"env:{CONFIG_VARIABLE}",
-                  "--stage", "64"]
-        ray_job(submit, env)
-        logs = ray_job([str(RAY), "job", "logs", job_id, "--follow",
-                        "--address", cluster.dashboard], env)
-        status = ray_job([str(RAY), "job", "status", job_id, "--address", cluster.dashboard],
-                         env)
-        assert f"Job '{job_id}' succeeded" in status.stdout, output(status) + logs.stdout[-4000:]
+        # Each stage as a Ray Job through the dashboard (token auth), from any machine.
+        submitted = subprocess.run(
+            [sys.executable, "-m", "dinet_platform", "train", "--config", str(path),
+             "--set", "tracking.experiment=multinode-job", "--address", cluster.dashboard],
+            env=env, capture_output=True, text=True, timeout=1200)
+        assert submitted.returncode == 0, output(submitted)
+        assert "submitted Ray Job" in submitted.stdout, output(submitted)
+        progress("trained again as a Ray Job")
+
+        tokenless = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+        tokenless["HOME"] = str(tmp_path)  # no ~/.ray/auth_token to fall back on
+        refused = subprocess.run(
+            [str(RAY), "job", "submit", "--address", cluster.dashboard, "--", "echo", "hi"],
+            env=tokenless, capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and "token" in output(refused).lower(), output(refused)
 
         nodes = {node["node_id"] for node in cluster.alive_nodes()}
         workers = cluster.state("actors", "class_name=RayTrainWorker")
@@ -118,7 +100,7 @@ def test_stage_spreads_over_two_nodes_then_runs_again_as_a_ray_job(prepared_dir,
             for found in runs.values() for run in found
         }
 
-    progress("trained again as a Ray Job; everything stopped")
+    progress("everything stopped")
     assert len(nodes) == 2
     # Both runs (the driver's and the job's) placed one worker on each node.
     nodes_by_job = defaultdict(set)
