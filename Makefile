@@ -25,8 +25,8 @@ demo: $(STAMP)
 # Everything: first all but the cluster tests (one local Ray for the session), then the cluster
 # tests in a pytest process of their own, with no local Ray holding ports or CPUs.
 test: $(STAMP) lint
-	$(BIN)/pytest -m "not cluster"
-	$(BIN)/pytest -m cluster
+	$(BIN)/pytest -m "not cluster" --durations=15
+	$(BIN)/pytest -m cluster --durations=5
 
 test-fast: $(STAMP) lint
 	$(BIN)/pytest -m "unit and not slow" -q

@@ -46,7 +46,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,18 +60,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from bench.common import markdown_table, median, percentile, write_json
-from bench.stand_in import TOKEN
-
-
-def register_stand_in(client, config, mouth: int, folder: Path) -> int:
-    """A fresh generator (seed 0) registered as the tests register one, then production."""
-    from dinet_platform.registry.versions import move_alias
-
-    from tests.support import register_state, tiny_state
-
-    version = register_state(client, config, tiny_state(config, seed=0, mouth=mouth), folder)
-    move_alias(client, config.tracking.registered_model, "production", version)
-    return version
+from bench.stand_in import TOKEN, stand_in_serve
 
 
 @dataclass
@@ -286,67 +274,32 @@ def main() -> None:
         args.seconds, args.width, args.rounds = 3.0, 0.125, 1
     window_s = args.seconds / max(1, args.rounds)
 
-    root = Path(tempfile.mkdtemp(prefix="dinet-bench-serve-"))
-    os.environ["DINET_HOME"] = str(root / "home")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    (root / "token").write_text(TOKEN)
-    os.environ["DINET_API_TOKEN_FILE"] = str(root / "token")
     if args.python_proxy:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "0"  # start_local_ray leaves Serve's default
     http = "python proxy" if args.python_proxy else "haproxy"
 
-    import httpx
-    from dinet_platform.config import validate_config
-    from dinet_platform.data.prepare import prepare_dataset
-    from dinet_platform.ray_runtime import free_port, start_local_ray
     from dinet_platform.serving.avatars import AvatarStore
-    from dinet_platform.serving.deployment import build_app
     from dinet_platform.serving.model import ModelServer
     from dinet_platform.serving.settings import validate_args
-    from dinet_platform.synth.videos import synthesize_dataset
-    from dinet_platform.tracking import client_for
     from ray import serve
 
-    print("preparing a synthetic video, shards and a stand-in model ...", flush=True)
-    synthesize_dataset(root / "videos", 1, 2.0, seed=0, size=160)
-    prepare_dataset(root / "videos", root / "shards", mouth_size=args.mouth, use_ray=False)
-    config = validate_config({
-        "name": "bench-serve", "model": {"width": args.width},
-        "stages": [{"mouth_size": args.mouth, "epochs": 1, "batch_size": 2, "lr": 1e-3}],
-        "data": {"shards": str(root / "shards")}})
-    client = client_for(config.tracking)
-    version = register_stand_in(client, config, args.mouth, root / "checkpoint")
-    port = free_port()
     max_batch = args.max_batch_size
-    settings = {"serving": {"port": port, "max_batch_size": max_batch,
-                            "max_ongoing_requests": max(max_batch, 4 * max_batch),
-                            "max_queued_requests": 4 * max(args.concurrency),
-                            "batch_wait_timeout_s": args.batch_wait_ms / 1000,
-                            "cpus_per_replica": args.cpus_per_replica,
-                            "avatar_dir": str(root / "avatars")},
-                "tracking": {"tracking_uri": client.tracking_uri}}
+    serving = {"max_batch_size": max_batch, "max_ongoing_requests": max(max_batch, 4 * max_batch),
+               "max_queued_requests": 4 * max(args.concurrency),
+               "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+               "cpus_per_replica": args.cpus_per_replica}
     rng = np.random.default_rng(0)
-    windows = {n: rng.normal(size=(64, n, config.model.audio_channels)).astype(np.float32)
+    windows = {n: rng.normal(size=(64, n, 29)).astype(np.float32)
                for n in args.frames_per_request}
     replica_threads = max(1, math.ceil(args.cpus_per_replica))  # as the replica computes
     all_cores = os.cpu_count() or 1
 
     rows = []
-    start_local_ray(log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(settings), name="dinet", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        video = next((root / "videos").glob("*.mp4"))
-        files = {"video": (video.name, video.read_bytes(), "video/mp4"),
-                 "landmarks": ("l.csv", video.with_suffix(".csv").read_bytes(), "text/csv")}
-        response = httpx.post(f"{url}/v1/avatars", files=files, timeout=120,
-                              headers={"Authorization": f"Bearer {TOKEN}"})
-        response.raise_for_status()
-        avatar = response.json()["avatar_id"]
-
+    with stand_in_serve(width=args.width, mouth=args.mouth, serving=serving) as app:
+        url, avatar, client, settings = app.url, app.avatar, app.client, app.settings
+        version = app.versions[0]
         typed = validate_args(settings)
-        server = ModelServer(typed.serving, client, AvatarStore(root / "avatars"))
+        server = ModelServer(typed.serving, client, AvatarStore(app.root / "avatars"))
         server.ensure_current()
         assert server.model is not None and server.model.version == version
         entry = server.avatar(server.model, avatar)  # built once, as in a warm replica
@@ -389,11 +342,6 @@ def main() -> None:
                   flush=True)
             echo = measure(url, avatar, windows[frames], concurrency, args.seconds)
             rows.append(row("echo", frames, concurrency, **echo.figures()))
-    finally:
-        serve.shutdown()
-        import ray
-
-        ray.shutdown()
 
     order = ["serve", "in_process", "in_process_all_cores", "echo"]
     fps = {(r["variant"], r["frames_per_request"], r["concurrency"]): r["fps"] for r in rows}

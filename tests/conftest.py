@@ -64,6 +64,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                 f"(a {' or '.join(sorted(allowed))} test)")
     if problems:
         raise pytest.UsageError("test lanes:\n  " + "\n  ".join(problems))
+    # The Serve app (a session fixture) holds CPUs of the 2-CPU local Ray from its first test
+    # to the session's end: the serve tests go last, so no training run waits for them.
+    items.sort(key=lambda item: item.get_closest_marker("serve") is not None)
 
 
 def _ray_running() -> bool:

@@ -139,18 +139,40 @@ def test_two_groups_of_callers_are_merged_into_one_batch():
     assert back == 40 and queued == [10, 20, 30]
 
 
-def test_a_failing_batch_fails_its_callers_and_the_queue_keeps_serving():
+def test_a_failing_caller_fails_alone_and_the_queue_keeps_serving():
+    """The batch is computed again caller by caller: only the one that fails alone gets the
+    error (serving hardening, finding 6)."""
     async def main():
         model = Model(fail_on=2)
         queue = BatchQueue(model, max_batch_size=8, wait_s=0.05)
-        failed = await asyncio.gather(*(queue.submit(i) for i in (1, 2)),
-                                      return_exceptions=True)
+        results = await asyncio.gather(*(queue.submit(i) for i in (1, 2, 3)),
+                                       return_exceptions=True)
         after = await queue.submit(4)
-        return failed, after
+        return results, after
 
-    failed, after = asyncio.run(main())
-    assert all(isinstance(error, ValueError) and "bad job 2" in str(error) for error in failed)
+    results, after = asyncio.run(main())
+    assert results[0] == 10 and results[2] == 30
+    assert isinstance(results[1], ValueError) and "bad job 2" in str(results[1])
     assert after == 40
+
+
+def test_a_batch_holds_no_more_frames_than_its_budget():
+    """Callers weighed by their frames: a batch closes before the budget would be passed (a
+    caller heavier than the budget alone still goes through, alone)."""
+    seen: list[list[int]] = []
+
+    def compute(jobs: list[int]) -> list[int]:
+        seen.append(list(jobs))
+        return [job * 10 for job in jobs]
+
+    async def main():
+        queue = BatchQueue(compute, max_batch_size=8, wait_s=0.05, weight=lambda job: job,
+                           max_batch_weight=6)
+        return await asyncio.gather(*(queue.submit(j) for j in (1, 2, 3, 9, 4)))
+
+    assert asyncio.run(main()) == [10, 20, 30, 90, 40]
+    assert all(sum(batch) <= 6 or len(batch) == 1 for batch in seen), seen
+    assert [9] in seen
 
 
 def test_a_cancelled_caller_is_left_out_of_the_batch():

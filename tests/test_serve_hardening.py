@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from dinet_platform.registry.versions import move_alias
 from dinet_platform.serving import api
-from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.dub_jobs import JobStore
 from dinet_platform.serving.guard import app_path
 
@@ -294,27 +293,3 @@ def test_jobs_whose_runner_died_fail_and_old_ones_are_swept(tmp_path):
     report = jobs.sweep(ttl_s=3600)
     assert report.expired == 1 and report.abandoned_uploads == 1
     assert jobs.jobs() == [orphan] and not upload_folder.exists()  # failed just now: kept
-
-
-@pytest.mark.unit
-def test_one_failing_caller_never_fails_the_others_in_its_batch():
-    """Finding 6: the batch is recomputed caller by caller; only the bad one gets the error,
-    and a batch never holds more frames than its budget."""
-    seen: list[list[int]] = []
-
-    def compute(jobs: list[int]) -> list[int]:
-        seen.append(list(jobs))
-        if -1 in jobs:
-            raise ValueError("bad caller")
-        return [job * 10 for job in jobs]
-
-    async def main():
-        queue = BatchQueue(compute, max_batch_size=8, wait_s=0.05, weight=abs,
-                           max_batch_weight=6)
-        return await asyncio.gather(*(queue.submit(j) for j in (1, 2, -1, 3, 4)),
-                                    return_exceptions=True)
-
-    results = asyncio.run(main())
-    assert results[:2] == [10, 20] and results[3:] == [30, 40]
-    assert isinstance(results[2], ValueError)
-    assert all(sum(abs(j) for j in batch) <= 6 or len(batch) == 1 for batch in seen)
