@@ -123,6 +123,10 @@ def test_malformed_input_is_a_4xx_naming_the_field_never_a_500(served, http, ava
     check(http.post(url, content=b'{"features": [[' + b"1" * 400 + b"]]}", headers=json_type),
           422, "features")
     check(http.post(url, json={"features": [[0] * 29], "start": 10**30}), 422, "start")
+    # finding 7: a WAV's frame count comes from its header, before anything is decoded
+    too_long = speech_wav(60 * 640 / 16000)
+    check(http.post(url, content=too_long, headers={"Content-Type": "audio/wav"}), 413,
+          "audio_wav", "more than 48 frames")
     long_name = "x." + "a" * 300
     response = http.post("/v1/dub", data={"avatar_id": avatar},
                          files={"audio": (long_name, speech_wav(0.4), "audio/wav")})
