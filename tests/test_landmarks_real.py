@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from dinet_platform.media import landmarks as lm
 from dinet_platform.media.face_fallback import landmarks_from_box
-from dinet_platform.media.io import probe_video, write_lossless_video
+from dinet_platform.media.images import write_lossless_video
+from dinet_platform.media.io import probe_video
 from dinet_platform.media.landmarks import (
     detect_face,
     detect_face_box,

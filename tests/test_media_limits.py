@@ -18,19 +18,20 @@ import av
 import numpy as np
 import pytest
 from dinet_platform.config.schema import DataConfig
+from dinet_platform.media.images import decode_image, image_size
 from dinet_platform.media.io import (
-    MediaError,
-    MediaFormatError,
-    MediaLimitError,
-    MediaLimits,
-    decode_image,
-    image_size,
     iter_frames,
-    media_container,
     probe_audio,
     probe_video,
     read_audio,
     resample_indices,
+)
+from dinet_platform.media.opening import (
+    MediaError,
+    MediaFormatError,
+    MediaLimitError,
+    MediaLimits,
+    media_container,
 )
 
 from tests.media_bombs import PeakRss, flac, jpeg_claiming, playlist, png_bomb, solid_video

@@ -32,7 +32,7 @@ from dinet_platform.evaluation.outputs import (
     read_report,
 )
 from dinet_platform.files import write_text
-from dinet_platform.media.io import MediaError
+from dinet_platform.media.opening import MediaError
 from dinet_platform.paths import dinet_home
 from dinet_platform.tracking import KIND_TAG, PARENT_TAG, STAGE_TAG, find_runs, get_run
 

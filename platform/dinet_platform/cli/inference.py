@@ -125,7 +125,7 @@ def dub(
 ) -> None:
     """Dub a face video with speech: frames in batches through the engine, mouths blended
     back, speech muxed into an H.264 mp4."""
-    from dinet_platform.media.io import MediaError
+    from dinet_platform.media.opening import MediaError
     from dinet_platform.registry.loading import load_engine
     from dinet_platform.runtime.dub import dub_video
 

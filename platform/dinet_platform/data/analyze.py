@@ -29,9 +29,10 @@ from dinet_platform.data import shards as fmt
 from dinet_platform.data.prepare import discover_inputs
 from dinet_platform.files import atomic_path
 from dinet_platform.media.crops import frame_radii, mouth_widths
-from dinet_platform.media.io import MediaError, probe_video
+from dinet_platform.media.io import probe_video
 from dinet_platform.media.landmarks import detected_landmarks
 from dinet_platform.media.openface import LandmarkError, fill_invalid, read_openface_csv
+from dinet_platform.media.opening import MediaError
 
 DEFAULT_STAGES = (64, 96, 128, 160)
 STAGE_STEP = 32

@@ -33,15 +33,10 @@ from dinet_platform.media.audio_features import (
     logmel_features,
 )
 from dinet_platform.media.crops import CropError, cut_crop, frame_radii, mouth_widths, plan_crops
-from dinet_platform.media.io import (
-    MediaError,
-    iter_frames,
-    probe_video,
-    read_audio,
-    resample_indices,
-)
+from dinet_platform.media.io import iter_frames, probe_video, read_audio, resample_indices
 from dinet_platform.media.landmarks import video_landmarks
 from dinet_platform.media.openface import MOUTH_POINTS, LandmarkError
+from dinet_platform.media.opening import MediaError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 PIPELINE_VERSION = 1

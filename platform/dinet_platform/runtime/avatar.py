@@ -37,18 +37,17 @@ from dinet_platform.config.schema import DataConfig
 from dinet_platform.files import replace_dir
 from dinet_platform.geometry import CropGeometry, crop_geometry, mouth_mask
 from dinet_platform.media.crops import CropError, CropTrack, cut_crop, plan_crops
-from dinet_platform.media.io import (
+from dinet_platform.media.images import write_lossless_video
+from dinet_platform.media.io import probe_video, resample_indices
+from dinet_platform.media.landmarks import video_landmarks
+from dinet_platform.media.openface import LandmarkError
+from dinet_platform.media.opening import (
     CONTAINER_SUFFIXES,
     MediaError,
     MediaLimitError,
     MediaLimits,
     media_container,
-    probe_video,
-    resample_indices,
-    write_lossless_video,
 )
-from dinet_platform.media.landmarks import video_landmarks
-from dinet_platform.media.openface import LandmarkError
 from dinet_platform.runtime.blend import (
     DEFAULT_FEATHER,
     feather_mask,

@@ -47,14 +47,9 @@ from dinet_platform.media.audio_features import (
     load_deepspeech,
     logmel_features,
 )
-from dinet_platform.media.io import (
-    MediaError,
-    MediaLimitError,
-    MediaLimits,
-    probe_audio,
-    read_audio,
-)
+from dinet_platform.media.io import probe_audio, read_audio
 from dinet_platform.media.mp4 import write_mp4
+from dinet_platform.media.opening import MediaError, MediaLimitError, MediaLimits
 from dinet_platform.runtime.avatar import Avatar, AvatarError, AvatarLimitError
 from dinet_platform.runtime.engine import AvatarFeatures, InferenceEngine, ModelInfo
 

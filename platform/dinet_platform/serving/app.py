@@ -24,7 +24,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dinet_platform.config.schema import DataConfig
-from dinet_platform.media.io import MediaError, check_video_header
+from dinet_platform.media.io import check_video_header
+from dinet_platform.media.opening import MediaError
 from dinet_platform.runtime.avatar import Avatar, AvatarError
 from dinet_platform.runtime.dub import DubError, load_speech
 from dinet_platform.serving import api, openapi

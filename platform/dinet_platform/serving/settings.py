@@ -18,7 +18,7 @@ from dinet_platform.config.base import Strict
 from dinet_platform.config.loader import ConfigError, read_yaml, set_field, validate
 from dinet_platform.config.schema import TrackingConfig
 from dinet_platform.config.serving import ServingConfig
-from dinet_platform.media.io import MediaLimits
+from dinet_platform.media.opening import MediaLimits
 from dinet_platform.paths import dinet_home
 
 APP_NAME = "dinet"

@@ -29,7 +29,8 @@ from dinet_platform.audio_contract import (
     npy_shape,
 )
 from dinet_platform.config.serving import ServingConfig
-from dinet_platform.media.io import MediaError, MediaLimitError, MediaLimits, decode_image
+from dinet_platform.media.images import decode_image
+from dinet_platform.media.opening import MediaError, MediaLimitError, MediaLimits
 from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid, served_features, served_name
 from dinet_platform.serving.avatars import AvatarStore
