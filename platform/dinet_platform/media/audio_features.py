@@ -89,7 +89,6 @@ def logmel_features(
         raise AudioFeatureError("need at least one frame")
     hop = hop_length(sample_rate, fps)
     win = 2 * hop
-    n_fft = 1 << math.ceil(math.log2(win))
     audio = torch.as_tensor(np.asarray(samples, dtype=np.float32)).reshape(-1)
     total = num_frames * hop
     audio = (
@@ -99,11 +98,26 @@ def logmel_features(
     )
     # Window i spans [(i + 0.5) * hop - win / 2, (i + 0.5) * hop + win / 2): pad so that
     # frames[i] starts at index i * hop of the padded signal.
-    left = win // 2 - hop // 2
+    left = logmel_lead(hop)
     padded = torch.nn.functional.pad(audio, (left, win - left))
     frames = padded.unfold(0, win, hop)[:num_frames]
+    return logmel_of_windows(frames, sample_rate=sample_rate, n_mels=n_mels)
+
+
+def logmel_lead(hop: int) -> int:
+    """Samples frame ``i``'s window starts before ``i * hop`` (its span is
+    ``[i * hop - lead, i * hop - lead + 2 * hop)``)."""
+    return hop - hop // 2
+
+
+def logmel_of_windows(windows: torch.Tensor, *, sample_rate: int, n_mels: int) -> np.ndarray:
+    """Log-mel features ``(n, n_mels)`` of ``n`` audio windows ``(n, 2 * hop)``: one frame's
+    feature each (what :func:`logmel_features` computes for every frame; a stream computes
+    them a few frames at a time)."""
+    win = windows.shape[-1]
+    n_fft = 1 << math.ceil(math.log2(win))
     window = torch.hann_window(win, periodic=True, dtype=torch.float32)
-    spectrum = torch.fft.rfft(frames * window, n=n_fft)
+    spectrum = torch.fft.rfft(windows * window, n=n_fft)
     power = spectrum.real**2 + spectrum.imag**2
     mel = power @ mel_filterbank(n_mels, n_fft, sample_rate).T
     features = (torch.log(mel + 1e-5) - LOGMEL_OFFSET) / LOGMEL_SCALE
