@@ -6,7 +6,7 @@ A local Serve app (``bench/stand_in.py``, shipped serving settings). Meanwhile o
 caller sends 5-frame windows in a closed loop and counts its answers, so the report says
 whether live traffic kept flowing. Then:
 
-- schemathesis (``st run``, what ``make test`` runs with 25) generates ``--examples`` requests
+- schemathesis (``st run``, what ``make test`` runs with 15) generates ``--examples`` requests
   per operation from the OpenAPI document with the token, and a tenth of that without;
   every request and answer is read back from its HAR file;
 - the hostile corpus: the serving-hardening issue's repros (4K and timestamp-expansion

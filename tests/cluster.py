@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +252,14 @@ def ray_cluster(nodes_cpus: list[float], attempts: int = 2) -> Iterator[RayClust
 def mlflow_server(root: Path) -> Iterator[str]:
     """A real ``mlflow server`` on loopback with its own SQLite store and artifact root;
     yields its URI."""
+    with mlflow_server_starting(root) as ready:
+        yield ready()
+
+
+@contextmanager
+def mlflow_server_starting(root: Path) -> Iterator[Callable[[], str]]:
+    """:func:`mlflow_server` without waiting for it: yields a function that waits until it
+    answers and returns its URI (start a Ray cluster meanwhile)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = root / "mlflow-server.log"
@@ -264,9 +272,13 @@ def mlflow_server(root: Path) -> Iterator[str]:
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the server forks its workers
     )
-    try:
+
+    def ready() -> str:
         wait_http(f"http://127.0.0.1:{port}/health", process=process, log=log)
-        yield f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{port}"
+
+    try:
+        yield ready
     finally:
         _stop(process, group=True)
 

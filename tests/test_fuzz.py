@@ -12,7 +12,7 @@ from dinet_platform.serving import api
 
 from tests.support import SERVE_TOKEN, auth, schemathesis_run, upload
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.mark.serve

@@ -17,7 +17,7 @@ from collections import defaultdict
 import mlflow
 import pytest
 
-from tests.cluster import RAY, mlflow_server, ray_cluster
+from tests.cluster import RAY, mlflow_server_starting, ray_cluster
 from tests.support import PIPELINE, TINY_STAGE, merged, write_config
 
 pytestmark = pytest.mark.cluster
@@ -57,7 +57,9 @@ def test_a_stage_submitted_as_a_ray_job_spreads_over_two_nodes(prepared_dir, tmp
     def progress(message: str) -> None:  # shown with -s, and in the report of a failure
         print(f"[multinode {time.monotonic() - started:.0f}s] {message}", flush=True)
 
-    with ray_cluster([1, 1]) as cluster, mlflow_server(tmp_path / "mlflow") as tracking:
+    with mlflow_server_starting(tmp_path / "mlflow") as tracking_ready, \
+            ray_cluster([1, 1]) as cluster:
+        tracking = tracking_ready()
         progress("2 Ray nodes and the mlflow server are up")
         env = {**cluster.env, "MLFLOW_TRACKING_URI": tracking,
                "DINET_HOME": str(tmp_path / "home")}
