@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dinet_platform.serving.api import pcm_wav
+
 from bench.common import markdown_table, median, percentile, write_json
 from bench.stand_in import AUTH, TOKEN, StandIn, stand_in_serve
 from tests.media_bombs import flac, playlist, png_bomb, solid_video
@@ -133,16 +135,41 @@ def hostile_corpus(app: StandIn, folder: Path, fuzz_avatar: str) -> list[dict]:
         "reload without token": lambda c: c.post(f"{url}/v1/admin/reload"),
         "model info without token": lambda c: c.get(f"{url}/v1/model"),
     }
+    wav_60mib = pcm_wav(np.zeros((60 << 20) // 2 - 22, np.float32), 16000)
+    cases["60 MiB WAV window"] = lambda c: c.post(
+        frames_url, headers={**AUTH, "Content-Type": "audio/wav"}, content=wav_60mib)
     rows = []
     with httpx.Client(timeout=300) as client:
         for name, send in cases.items():
+            probe = HealthProbe(url)
+            probe.start()
             try:
                 status = send(client).status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
-            rows.append({"case": name, "status": status})
+            finally:
+                probe.stop.set()
+                probe.join()
+            rows.append({"case": name, "status": status,
+                         "healthz_max_ms": round(1000 * max(probe.latencies, default=0), 1)})
             print(f"  {name}: {status}", flush=True)
     return rows
+
+
+class HealthProbe(threading.Thread):
+    """``GET /healthz`` every 20 ms while a case runs: its slowest answer says whether the
+    case held up the ingress's event loop."""
+
+    def __init__(self, url: str):
+        super().__init__(daemon=True)
+        self.url, self.stop, self.latencies = url, threading.Event(), []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stop.wait(0.02):
+                began = time.perf_counter()
+                client.get("/healthz")
+                self.latencies.append(time.perf_counter() - began)
 
 
 def statuses(har: Path) -> collections.Counter:
@@ -155,11 +182,13 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--examples", type=int, default=200,
                         help="generated requests per operation with the token")
+    parser.add_argument("--min-requests", type=int, default=2000,
+                        help="generated requests with the token, at least (more seeds)")
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.examples = 10
+        args.examples, args.min_requests = 10, 0
 
     folder = Path(tempfile.mkdtemp(prefix="dinet-bench-fuzz-"))
     with stand_in_serve(width=args.width) as app:
@@ -178,16 +207,24 @@ def main() -> None:
         live.start()
         codes: collections.Counter = collections.Counter()
         failed_checks = []
-        passes = ((TOKEN, args.examples, "no-delete"), (TOKEN, args.examples, "delete"),
-                  (None, max(1, args.examples // 10), "all"))
-        for token, examples, methods in passes:
-            label = f"{'with' if token else 'without'}-token-{methods}"
+        def fuzz(token: str | None, examples: int, methods: str, seed: int) -> None:
+            label = f"{'with' if token else 'without'}-token-{methods}-seed{seed}"
             print(f"schemathesis, {examples} examples per operation, {label} ...", flush=True)
             run = schemathesis_run(app.url, folder / label, examples, token, ids=ids,
-                                   methods=methods)
-            codes += statuses(folder / label / "requests.har")
+                                   methods=methods, seed=seed)
+            codes.update(statuses(folder / label / "requests.har"))
             if run.returncode != 0:
                 failed_checks.append(run.stdout[-4000:])
+
+        # operations without parameters have few distinct requests: more seeds until the
+        # generated requests reach --min-requests
+        seed = 0
+        while seed == 0 or (sum(codes.values()) < args.min_requests and seed < 20):
+            fuzz(TOKEN, args.examples, "no-delete", seed)
+            seed += 1
+        fuzz(TOKEN, args.examples, "delete", 0)
+        fuzz(None, max(1, args.examples // 10), "all", 0)
+        generated = sum(codes.values())
         print("hostile corpus ...", flush=True)
         corpus = hostile_corpus(app, folder, app.avatar)
         for row in corpus:
@@ -200,6 +237,7 @@ def main() -> None:
     server_errors = sum(n for code, n in codes.items() if isinstance(code, int) and code >= 500)
     summary = {
         "requests": requests,
+        "generated_by_schemathesis": generated,
         "by_status": {str(code): n for code, n in sorted(codes.items(), key=str)},
         "4xx": sum(n for code, n in codes.items() if isinstance(code, int) and
                    400 <= code < 500),
@@ -211,20 +249,18 @@ def main() -> None:
         "live_ms_p50": 1000 * median(live.latencies) if live.latencies else None,
         "live_ms_p99": 1000 * percentile(live.latencies, 99) if live.latencies else None,
     }
-    print(markdown_table([summary], ["requests", "4xx", "5xx", "failed_schemathesis_runs",
-                                     "ingress_peak_rss_mb", "model_peak_rss_mb",
-                                     "live_ms_p50", "live_ms_p99"]))
+    print(markdown_table([summary], ["requests", "generated_by_schemathesis", "4xx", "5xx",
+                                     "failed_schemathesis_runs", "ingress_peak_rss_mb",
+                                     "model_peak_rss_mb", "live_ms_p50", "live_ms_p99"]))
     print("answers by status:", summary["by_status"])
     print("live caller's answers:", summary["live_answers"])
-    print(markdown_table(corpus, ["case", "status"]))
+    print(markdown_table(corpus, ["case", "status", "healthz_max_ms"]))
     for text in failed_checks:
         print(text)
     write_json(args.out, {"summary": summary, "corpus": corpus, "args": vars(args)})
 
 
 def _silence() -> bytes:
-    from dinet_platform.serving.api import pcm_wav
-
     return pcm_wav(np.zeros(8000), 16000)
 
 
