@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class JobStore:
     def __init__(self, root: str | Path, stale_after_s: float = 60.0):
         self.root = Path(root).expanduser().resolve()
         self.stale_after_s = stale_after_s
+        # a status is read, changed and written back: the heartbeat thread must not write
+        # back a "running" it read just before the renderer wrote "done"
+        self._status_lock = threading.Lock()
 
     def path(self, job_id: str) -> Path:
         if not isinstance(job_id, str) or not AVATAR_ID.match(job_id):
@@ -108,20 +112,22 @@ class JobStore:
         return status
 
     def set_status(self, job_id: str, state: str, **details: Any) -> dict[str, Any]:
-        previous = _read_json(self.path(job_id) / STATUS_FILE)
-        status = {**previous, "state": state, "updated": time.time(), **details}
-        write_text(self.path(job_id) / STATUS_FILE, json.dumps(status, indent=1))
+        with self._status_lock:
+            previous = _read_json(self.path(job_id) / STATUS_FILE)
+            status = {**previous, "state": state, "updated": time.time(), **details}
+            write_text(self.path(job_id) / STATUS_FILE, json.dumps(status, indent=1))
         return status
 
     def beat(self, job_id: str, **details: Any) -> None:
         """The runner is alive (and how far it got)."""
-        try:
-            previous = _read_json(self.path(job_id) / STATUS_FILE)
-        except (JobNotFound, FileNotFoundError):
-            return  # deleted meanwhile
-        if previous["state"] in UNFINISHED:
-            write_text(self.path(job_id) / STATUS_FILE,
-                       json.dumps({**previous, "heartbeat": time.time(), **details}, indent=1))
+        with self._status_lock:
+            try:
+                previous = _read_json(self.path(job_id) / STATUS_FILE)
+            except (JobNotFound, FileNotFoundError):
+                return  # deleted meanwhile
+            if previous["state"] in UNFINISHED:
+                write_text(self.path(job_id) / STATUS_FILE, json.dumps(
+                    {**previous, "heartbeat": time.time(), **details}, indent=1))
 
     def output(self, job_id: str) -> Path:
         return self.path(job_id) / OUTPUT_FILE
