@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 BASE = tiny_config(
     "sweep-base",
     model=ATTENTION,
-    stages=[{"mouth_size": 64, "epochs": 2, "batch_size": 2, "lr": 1e-3}],
+    stages=[{"mouth_size": 64, "epochs": 3, "batch_size": 2, "lr": 1e-3}],
     training={"steps_per_epoch": 1},
 )
 
@@ -36,7 +36,7 @@ def write_sweep(tmp_path: Path, shards: Path | None = None, **changes) -> Path:
         "name": "tiny",
         "base_config": "base.yaml",
         "stage": 64,
-        "epochs": 2,  # ASHA's rungs: epoch 1 (grace period) and 2
+        "epochs": 3,  # with 2, ASHA sometimes stopped no trial early
         "num_samples": 4,
         "max_concurrent_trials": 2,
         "space": {
