@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -38,33 +39,8 @@ from dinet_platform.serving.api import pcm_wav
 
 from bench.common import markdown_table, median, percentile, write_json
 from bench.stand_in import AUTH, TOKEN, StandIn, stand_in_serve
-from tests.media_bombs import flac, playlist, png_bomb, solid_video
-from tests.support import schemathesis_run
-
-
-def replica_pids() -> dict[str, int]:
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
-    pids = {}
-    for actor in actors:
-        for name in ("LipSyncIngress", "LipSyncModel"):
-            if name in actor.class_name:
-                pids[name] = actor.pid
-    return pids
-
-
-def reset_peak(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-def peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from tests.media_bombs import PeakRss, flac, playlist, png_bomb, solid_video
+from tests.support import replica_pid, schemathesis_run
 
 
 class LiveCaller(threading.Thread):
@@ -192,9 +168,9 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="dinet-bench-fuzz-"))
     with stand_in_serve(width=args.width) as app:
-        pids = replica_pids()
-        for pid in pids.values():
-            reset_peak(pid)
+        measuring = ExitStack()  # the replicas' peak RSS from here to measuring.close()
+        peaks = {name: measuring.enter_context(PeakRss(replica_pid(name)))
+                 for name in ("LipSyncIngress", "LipSyncModel")}
         video = app.video
         own = httpx.post(f"{app.url}/v1/avatars", headers=AUTH, timeout=300, files={
             "video": ("v.mp4", video.read_bytes()),
@@ -231,7 +207,7 @@ def main() -> None:
             codes[row["status"]] += 1
         live.stop.set()
         live.join(timeout=120)
-        peaks = {name: peak_mb(pid) for name, pid in pids.items()}
+        measuring.close()
 
     requests = sum(codes.values())
     server_errors = sum(n for code, n in codes.items() if isinstance(code, int) and code >= 500)
@@ -243,8 +219,8 @@ def main() -> None:
                    400 <= code < 500),
         "5xx": server_errors,
         "failed_schemathesis_runs": len(failed_checks),
-        "ingress_peak_rss_mb": peaks.get("LipSyncIngress"),
-        "model_peak_rss_mb": peaks.get("LipSyncModel"),
+        "ingress_peak_rss_mb": peaks["LipSyncIngress"].peak / 2**20,
+        "model_peak_rss_mb": peaks["LipSyncModel"].peak / 2**20,
         "live_answers": {str(code): n for code, n in live.codes.items()},
         "live_ms_p50": 1000 * median(live.latencies) if live.latencies else None,
         "live_ms_p99": 1000 * percentile(live.latencies, 99) if live.latencies else None,

@@ -121,7 +121,8 @@ class PeakRss:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.growth = self._hwm() - self.start
+        self.peak = self._hwm()
+        self.growth = self.peak - self.start
 
     def _hwm(self) -> int:
         for line in (self.proc / "status").read_text().splitlines():

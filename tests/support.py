@@ -270,3 +270,13 @@ def schemathesis_run(url: str, folder: Path, examples: int, token: str | None, *
                     "DELETE"]
     return subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=folder,
                           env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
+
+
+def replica_pid(deployment: str) -> int:
+    """The process id of a live replica of ``deployment`` on the Ray this process uses."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
+    return next(actor.pid for actor in actors if deployment in actor.class_name)

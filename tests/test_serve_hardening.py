@@ -21,7 +21,7 @@ from dinet_platform.serving.dub_jobs import JobStore
 from dinet_platform.serving.guard import app_path
 
 from tests.media_bombs import PeakRss, playlist, png_bomb, solid_video
-from tests.support import check, features, frames_npy
+from tests.support import check, features, frames_npy, replica_pid
 
 
 def jobs_root(served) -> Path:
@@ -214,15 +214,6 @@ def test_quotas_refuse_new_avatars_and_over_long_speech(served, http, avatar, sy
                          files={"audio": ("long.wav", speech_wav(limit + 5, 4000), "audio/wav")})
     check(too_long, 413, "audio")
     assert job_dirs(served) == before
-
-
-def replica_pid(deployment: str) -> int:
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
-    return next(actor.pid for actor in actors if deployment in actor.class_name)
 
 
 @pytest.mark.serve
