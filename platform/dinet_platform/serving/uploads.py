@@ -202,17 +202,14 @@ class FrameWindow:
     output: str
 
 
-MAX_START = 2**31 - 1
-
-
 def parse_frames(body: bytes, kind: str, query: QueryParams, model: dict[str, Any],
                  serving: ServingConfig) -> FrameWindow:
     """A live window's request as audio windows (blocking: run it off the event loop)."""
     doc = wav_document(body, query) if kind in WAV_TYPES else json_document(body)
     count = doc.get("count")
     if count is not None:
-        count = api.optional_int(doc, "count", 1, minimum=1, maximum=MAX_START)
-    start = api.optional_int(doc, "start", 0, maximum=MAX_START)
+        count = api.optional_int(doc, "count", 1, minimum=1)
+    start = api.optional_int(doc, "start", 0)
     output = doc.get("format", "png")
     if output not in ("png", "npy"):
         raise invalid("format", f"must be 'png' or 'npy', got {output!r:.40}")
