@@ -387,5 +387,5 @@ def test_frames_features_of_the_wrong_size_say_what_the_model_takes():
     }
     assert api.served_features(model) == AudioFeatureSpec("logmel", 29, 25, 5, 16000, None)
     with pytest.raises(api.ApiError) as refused:
-        api.features_from_json([[0.0] * 40], "features", model, None)
+        api.features_from_json([[0.0] * 40], "features", model)
     assert "model version 3 takes log-mel features (29 bands" in refused.value.message

@@ -224,8 +224,11 @@ def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, 
         response = http.post(f"/v1/avatars/{bad}/frames", json={"features": [[0] * 29]})
         assert response.status_code == 404, (bad, response.text)
     check(http.post(url, json={"features": [[0] * 28]}), 422, "features", "(frames, 29)")
-    check(http.post(url, json={"features": [[0] * 29] * 3, "count": 4}), 422, "features",
+    check(http.post(url, json={"features": [[0] * 29] * 3, "count": 4}), 422, "count",
           "count is 4")
+    check(http.post(url, json={"features": [[0] * 29], "final": "yes"}), 422, "final")
+    check(http.post(url, json={"features": [[0] * 29] * 2, "context": 2}), 422, "features",
+          "no frame is complete")
     check(http.post(url, json={"features": [[0] * 29], "start": -1}), 422, "start")
     check(http.post(url, json={"features": [[0] * 29], "format": "gif"}), 422, "format")
     check(http.post(url, json={"features": [[0] * 29], "output": "gif"}), 422, "output")
@@ -240,7 +243,7 @@ def test_bad_inputs_get_their_status_and_field(served, http, avatar, synth_dir, 
           "audio_wav", "not a PCM WAV")
     wav = api.pcm_wav(np.zeros(640 * 3), 16000)
     check(http.post(url + "?count=5", content=wav, headers={"Content-Type": "audio/wav"}), 422,
-          "audio_wav", "count is 5")
+          "count", "count is 5")
     ok = http.post(url + "?format=npy", content=wav, headers={"Content-Type": "audio/wav"})
     assert ok.status_code == 200 and ok.headers["X-Dinet-Count"] == "3", ok.text
     with LipSyncClient(served["url"], TOKEN) as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dinet_platform.runtime.streaming import AudioStream, offline_windows
+from dinet_platform.runtime.streaming import AudioStream, offline_windows, window_of_speech
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +71,25 @@ def test_ten_minutes_in_irregular_chunks_end_on_the_frame_the_sample_count_says(
     frames += len(audio.end())
     assert frames == round(total / 640) == audio.total_frames
     assert held < 16000 + 4 * 640  # a chunk and the context, not the speech
+
+
+def test_pieces_with_their_audio_context_give_the_windows_of_the_whole_speech():
+    """What windowed ``/frames`` requests do: each piece re-sends ``context_frames`` of the
+    audio before it and leaves its last ``lookahead_frames`` to the next."""
+    samples = speech_like(3.3, seed=2)
+    expected = offline_windows(samples, **AUDIO)
+    probe = AudioStream(**AUDIO)
+    context, lookahead, hop = probe.context_frames, probe.lookahead_frames, 640
+    assert (context, lookahead) == (3, 3)
+    got, start = [], 0
+    for end in (1, 9, 10, 40, len(expected)):
+        first = max(0, start - context)
+        final = end == len(expected)
+        piece = samples[first * hop:None if final else (end + lookahead) * hop]
+        got.append(window_of_speech(piece, context=start - first, final=final, **AUDIO))
+        assert len(got[-1]) == end - start
+        start = end
+    np.testing.assert_allclose(np.concatenate(got), expected, atol=2e-5)
+    # one frame less of context: the first frame of a piece sees silence before it
+    short = window_of_speech(samples[7 * hop:20 * hop], context=2, final=False, **AUDIO)
+    assert np.abs(short[0] - expected[9]).max() > 1e-3

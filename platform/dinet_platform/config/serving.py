@@ -25,6 +25,29 @@ class AutoscalingConfig(Strict):
         return self
 
 
+class StreamConfig(Strict):
+    """Live sessions over WebSocket (``/v1/avatars/{id}/stream``), per ingress replica."""
+
+    max_sessions: Annotated[int, Field(ge=1)] = 16
+    """Sessions one ingress replica holds at once; beyond, a new one is refused (503)."""
+    token_ttl_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 60.0
+    """How long a session token minted by ``POST /v1/avatars/{id}/sessions`` may be used to
+    connect (once)."""
+    max_unacked_frames: Annotated[int, Field(ge=1)] = 50
+    """Frames sent that the client has not acknowledged yet (2 s at 25 fps): a client that
+    reads slower falls behind by at most this many; then its frames are dropped (or, with
+    ``slow_reader: pause``, computing pauses) and it is told."""
+    max_buffered_s: Positive = 30.0
+    """Audio a paused session may hold waiting for its client; beyond, it is closed."""
+    idle_timeout_s: Positive = 60.0
+    """A session with no message from its client for this long is closed."""
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    """Largest message a client may send (a chunk of PCM audio: 1 MiB is 32 s at 16 kHz)."""
+    max_frames_per_call: Annotated[int, Field(ge=1)] = 25
+    """Frames of one session in one call to the model (it waits for audio less often)."""
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+
+
 class ServingConfig(Strict):
     """``dinet serve`` / ``serve deploy``: the model served, batching, limits and storage."""
 
@@ -102,6 +125,8 @@ class ServingConfig(Strict):
     """Every replica re-resolves the alias this often and swaps when it moved (0: only on
     re-deploy or ``POST /v1/admin/reload``)."""
     retry_after_s: Annotated[int, Field(ge=1)] = 1
+    stream: StreamConfig = StreamConfig()
+    """Live WebSocket sessions (see :class:`StreamConfig`)."""
 
     @model_validator(mode="after")
     def _batch_fits_in_flight(self) -> ServingConfig:

@@ -50,6 +50,13 @@ def hop_length(sample_rate: int, fps: int) -> int:
     return round(hop)
 
 
+def speech_frames(num_samples: int, hop: int) -> int:
+    """Video frames of a speech of ``num_samples`` (``hop`` samples per frame): the nearest
+    whole count, halves up (so a piece cut at a frame boundary counts as the whole does), and
+    at least one."""
+    return max(1, (num_samples + hop // 2) // hop)
+
+
 def _hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
     return 2595.0 * torch.log10(1.0 + hz / 700.0)
 

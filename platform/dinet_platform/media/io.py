@@ -354,10 +354,30 @@ def resample_audio(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     resampler (what :func:`read_audio` uses for files)."""
     if rate == target:
         return samples.astype(np.float32)
-    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt",
-                                       layout="mono")
-    frame.sample_rate = rate
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
-    out = [f.to_ndarray()[0] for f in resampler.resample(frame)]
-    out += [f.to_ndarray()[0] for f in resampler.resample(None)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+    resampler = AudioResampler(rate, target)
+    return np.concatenate([resampler.push(samples), resampler.flush()])
+
+
+class AudioResampler:
+    """FFmpeg's resampler over a stream of mono chunks: its filter state carries across
+    chunks, so chunked audio resamples as the whole would."""
+
+    def __init__(self, rate: int, target: int):
+        self.rate = rate
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        if len(samples) == 0:
+            return np.zeros(0, np.float32)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, np.float32)[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.rate
+        return self._collect(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        return self._collect(self._resampler.resample(None))
+
+    @staticmethod
+    def _collect(frames: list[av.AudioFrame]) -> np.ndarray:
+        out = [frame.to_ndarray().reshape(-1) for frame in frames]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)

@@ -46,6 +46,7 @@ from dinet_platform.media.audio_features import (
     deepspeech_path,
     load_deepspeech,
     logmel_features,
+    speech_frames,
 )
 from dinet_platform.media.io import probe_audio, read_audio
 from dinet_platform.media.mp4 import write_mp4
@@ -161,7 +162,8 @@ def load_speech(audio: str | Path, data: DataConfig, features: str | Path | None
         rate = _native_rate(audio, limits)
         samples = (model_rate if rate == data.sample_rate
                    else read_audio(audio, rate, limits=limits))
-        num_frames = max(1, round(len(model_rate) / data.sample_rate * data.fps))
+        # frames = samples * fps / rate, rounded as every speech is (halves up)
+        num_frames = speech_frames(len(model_rate) * data.fps, data.sample_rate)
         if features is not None:
             values = load_deepspeech(Path(features), num_frames, against="the speech")
         else:

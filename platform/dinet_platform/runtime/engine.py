@@ -185,6 +185,16 @@ class ModelInfo:
                 "fps": data.fps,
                 "sample_rate": data.sample_rate,
                 "normalization": self.features.normalization,
+                **stream_contract(data.sample_rate, data.fps, data.audio_window),
             },
             "details": self.details,
         }
+
+
+def stream_contract(sample_rate: int, fps: int, window: int) -> dict[str, int]:
+    """How much audio around a frame its window needs (``/frames`` pieces and live streams:
+    :mod:`~dinet_platform.runtime.streaming`)."""
+    from dinet_platform.runtime.streaming import AudioStream
+
+    probe = AudioStream(sample_rate=sample_rate, fps=fps, n_mels=1, window=window)
+    return {"context_frames": probe.context_frames, "lookahead_frames": probe.lookahead_frames}

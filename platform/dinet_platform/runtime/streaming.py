@@ -10,7 +10,7 @@ When a frame becomes computable (offline: :func:`logmel_features` over the whole
 then :func:`audio_window`):
 
 - its feature needs the samples of its analysis window (``2 * hop`` samples around the
-  frame's middle) and ``hop / 2`` more: the offline count ``round(samples / hop)`` may drop up
+  frame's middle) and ``hop / 2`` more: the offline count (:func:`speech_frames`) may drop up
   to half a hop of trailing audio, and a feature must not have seen samples the whole speech
   would cut;
 - its window needs the features ``audio_window // 2`` frames ahead.
@@ -33,6 +33,7 @@ from dinet_platform.media.audio_features import (
     hop_length,
     logmel_lead,
     logmel_of_windows,
+    speech_frames,
 )
 
 
@@ -57,6 +58,17 @@ class AudioStream:
     def ahead(self) -> int:
         """Features a frame's window reaches into the future."""
         return self.window - 1 - self.window // 2
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Frames of audio after a frame's own before it leaves (before :meth:`end`)."""
+        return self.ahead + 1
+
+    @property
+    def context_frames(self) -> int:
+        """Frames of audio before a frame that its window depends on: audio cut this many
+        frames earlier gives a stream whose frames from there on are exact."""
+        return self.window // 2 + -(-self.lead // self.hop)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Add samples; the windows of every frame that became computable."""
@@ -86,7 +98,7 @@ class AudioStream:
         """The speech's frame count, once it has ended (as ``load_speech`` counts it)."""
         if not self.ended:
             return None
-        return max(1, round(self.received / self.hop))
+        return speech_frames(self.received, self.hop)
 
     def _samples(self, begin: int, end: int) -> np.ndarray:
         """Absolute samples ``[begin, end)``, zeros where the speech has none."""
@@ -136,12 +148,30 @@ class AudioStream:
             self._start += drop
 
 
+def window_of_speech(samples: np.ndarray, *, context: int, final: bool, sample_rate: int,
+                     fps: int, n_mels: int, window: int) -> np.ndarray:
+    """The exact windows of the frames in a piece of a longer speech, without state.
+
+    ``samples`` start ``context`` frames before the first frame wanted (at a frame boundary of
+    the speech; at its very beginning ``context`` is 0). With ``final`` they end the speech;
+    else the last :attr:`AudioStream.lookahead_frames` frames' windows would need audio not
+    sent yet and are left out (the next piece re-sends their audio as its context). With
+    ``context >= AudioStream.context_frames`` (or from the speech's start) the windows equal
+    :func:`offline_windows` of the whole speech for those frames.
+    """
+    stream = AudioStream(sample_rate=sample_rate, fps=fps, n_mels=n_mels, window=window)
+    windows = stream.push(samples)
+    if final:
+        windows = np.concatenate([windows, stream.end()])
+    return windows[context:]
+
+
 def offline_windows(samples: np.ndarray, *, sample_rate: int, fps: int, n_mels: int,
                     window: int) -> np.ndarray:
     """The windows :func:`~dinet_platform.runtime.dub.dub_video` computes for a whole speech
     (what a stream of it must give)."""
     from dinet_platform.media.audio_features import logmel_features
 
-    frames = max(1, round(len(samples) / hop_length(sample_rate, fps)))
+    frames = speech_frames(len(samples), hop_length(sample_rate, fps))
     features = logmel_features(samples, frames, sample_rate=sample_rate, fps=fps, n_mels=n_mels)
     return np.stack([audio_window(features, i, window) for i in range(frames)])

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from dinet_platform.audio_contract import AudioFeatureSpec, missing_features
-from dinet_platform.media.audio_features import audio_window, logmel_features
+from dinet_platform.media.audio_features import audio_window
+from dinet_platform.runtime.streaming import window_of_speech
 
 
 class ApiError(Exception):
@@ -64,11 +65,20 @@ def decode_base64(text: Any, field: str) -> bytes:
 
 def encode_png(frame: np.ndarray) -> str:
     """Base64 PNG of an RGB float [0, 1] or uint8 image."""
+    return base64.b64encode(encode_frame(frame, "png")).decode()
+
+
+def encode_frame(frame: np.ndarray, fmt: str, quality: int = 85) -> bytes:
+    """An RGB float [0, 1] or uint8 image as ``png``, ``jpeg`` or ``raw`` (RGB bytes)."""
     if frame.dtype != np.uint8:
         frame = np.rint(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    if fmt == "raw":
+        return np.ascontiguousarray(frame).tobytes()
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == "jpeg" else []
+    ok, data = cv2.imencode(".jpg" if fmt == "jpeg" else ".png",
+                            cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), params)
     assert ok
-    return base64.b64encode(data.tobytes()).decode()
+    return data.tobytes()
 
 
 def decode_wav(data: bytes, field: str, sample_rate: int, max_samples: int | None = None
@@ -105,27 +115,23 @@ def pcm_wav(samples: np.ndarray, sample_rate: int) -> bytes:
     return out.getvalue()
 
 
-def features_from_wav(samples: np.ndarray, field: str, model: dict[str, Any],
-                      count: int | None) -> np.ndarray:
-    """Per-frame features ``(N, A)`` of a PCM chunk, with the same function training used."""
+def windows_from_wav(samples: np.ndarray, field: str, model: dict[str, Any], context: int,
+                     final: bool) -> np.ndarray:
+    """Audio windows ``(N, A, W)`` of a piece of speech: as a stream of the whole speech
+    computes them, for the frames after its ``context`` frames (all of them with ``final``,
+    else those whose lookahead audio is in)."""
     audio = model["audio"]
     if audio["features"] != "logmel":
         raise invalid(field, missing_features(served_features(model),
                                               model=served_name(model), loader="serve-frames"))
-    hop = audio["sample_rate"] // audio["fps"]
-    frames = len(samples) // hop
-    if count is not None and abs(len(samples) - count * hop) >= hop:
-        raise invalid(field, f"{len(samples)} samples are {len(samples) / hop:.2f} frames of "
-                             f"{hop} samples, but count is {count}")
-    frames = count if count is not None else frames
-    if frames < 1:
-        raise invalid(field, f"{len(samples)} samples: shorter than one frame ({hop} samples)")
-    return logmel_features(samples, frames, sample_rate=audio["sample_rate"], fps=audio["fps"],
-                           n_mels=audio["dim"])
+    if len(samples) < audio["sample_rate"] // audio["fps"]:
+        raise invalid(field, f"{len(samples)} samples: shorter than one frame")
+    return window_of_speech(samples, context=context, final=final,
+                            sample_rate=audio["sample_rate"], fps=audio["fps"],
+                            n_mels=audio["dim"], window=audio["window"])
 
 
-def features_from_json(values: Any, field: str, model: dict[str, Any],
-                       count: int | None) -> np.ndarray:
+def features_from_json(values: Any, field: str, model: dict[str, Any]) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float32)
     except (TypeError, ValueError, OverflowError, RecursionError):
@@ -137,8 +143,6 @@ def features_from_json(values: Any, field: str, model: dict[str, Any],
                              f"{served_name(model)} takes {needed.describe()}")
     if not np.isfinite(array).all():
         raise invalid(field, "contains NaN or infinite values")
-    if count is not None and len(array) != count:
-        raise invalid(field, f"{len(array)} feature frames, but count is {count}")
     return array
 
 

@@ -33,6 +33,7 @@ from dinet_platform.serving.api import ApiError
 from dinet_platform.serving.avatars import AvatarNotFound
 from dinet_platform.serving.dub_jobs import JobNotFound
 from dinet_platform.serving.guard import Guard
+from dinet_platform.serving.live_routes import router as live_router
 from dinet_platform.serving.settings import media_limits
 from dinet_platform.serving.state import AppState
 from dinet_platform.serving.uploads import (
@@ -48,9 +49,9 @@ logger = logging.getLogger("ray.serve")
 
 def create_app() -> FastAPI:
     app = FastAPI(title="DINet lip-sync", version="1",
-                  description="Live avatars frame by frame, and dubbed videos. Every route "
-                              "except /healthz, /readyz and the docs needs "
-                              "`Authorization: Bearer <token>`.")
+                  description="Live avatars (a WebSocket stream, or frame by frame), and dubbed "
+                              "videos. Every route except /healthz, /readyz, the docs and the "
+                              "page at /app needs `Authorization: Bearer <token>`.")
 
     def state(request: Request) -> AppState:
         return request.app.state.dinet
@@ -146,6 +147,18 @@ def create_app() -> FastAPI:
                 raise ApiError(refusal_status(exc), field, str(exc)) from None
         return {"avatar_id": avatar_id, "frames": frames, "mouth_size": model["mouth_size"],
                 "model_version": model["version"]}
+
+    @app.get("/v1/avatars", responses=openapi.ERRORS)
+    async def list_avatars(request: Request) -> dict[str, Any]:
+        """The avatars stored, oldest first."""
+        st = state(request)
+        avatars = []
+        for avatar_id in st.store.ids():
+            try:
+                avatars.append({"avatar_id": avatar_id, **st.store.meta(avatar_id)})
+            except AvatarNotFound:  # deleted meanwhile
+                continue
+        return {"avatars": avatars}
 
     @app.get("/v1/avatars/{avatar_id}", responses=openapi.ERRORS)
     async def get_avatar(avatar_id: str, request: Request) -> dict[str, Any]:
@@ -275,6 +288,7 @@ def create_app() -> FastAPI:
             "Content-Disposition": f'attachment; filename="dub-{job_id}.mp4"',
             "Content-Length": str(os.fstat(video.fileno()).st_size)})
 
+    app.include_router(live_router)
     return app
 
 

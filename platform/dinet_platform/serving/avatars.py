@@ -54,12 +54,17 @@ class AvatarStore:
         except AvatarNotFound:
             return False
 
+    def ids(self) -> list[str]:
+        """Ids of the avatars stored, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir()
+                 if AVATAR_ID.match(p.name) and (p / META_FILE).is_file()]
+        return [p.name for p in sorted(found, key=lambda p: (p / META_FILE).stat().st_mtime)]
+
     def count(self) -> int:
         """Avatars stored."""
-        if not self.root.is_dir():
-            return 0
-        return sum(1 for p in self.root.iterdir()
-                   if AVATAR_ID.match(p.name) and (p / META_FILE).is_file())
+        return len(self.ids())
 
     def save(self, avatar: Avatar) -> str:
         avatar_id = uuid.uuid4().hex

@@ -1,12 +1,21 @@
-"""A small Python client for the lip-sync HTTP API (httpx)."""
+"""A small Python client for the lip-sync HTTP API (httpx) and its live streams
+(websockets)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import struct
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import cv2
 import httpx
 import numpy as np
 
@@ -82,6 +91,25 @@ class LipSyncClient:
                 "format": "npy", "output": output})
         return np.load(io.BytesIO(self._check(response).content), allow_pickle=False)
 
+    def stream(self, avatar_id: str, audio: Iterable[bytes | np.ndarray], *, start: int = 0,
+               output: str = "frames", format: str = "jpeg", sample_rate: int | None = None,
+               slow_reader: str = "pause", timeout: float = 60.0) -> LiveStream:
+        """A live session: ``audio`` (chunks of mono speech: float arrays in [-1, 1], or 16-bit
+        PCM bytes, at ``sample_rate``, default the model's) is sent as it is iterated, from a
+        thread; iterating the returned :class:`LiveStream` yields each :class:`StreamFrame`
+        as it arrives (acknowledged as yielded). ``slow_reader="pause"`` (the default here)
+        gets every frame even if the audio comes faster than it is read; ``"drop"`` keeps a
+        live session current instead (its ``dropped`` counts what was skipped)."""
+        session = self._check(self._http.post(f"/v1/avatars/{avatar_id}/sessions")).json()
+        base = urlsplit(str(self._http.base_url))
+        url = urlunsplit(("wss" if base.scheme == "https" else "ws", base.netloc,
+                          session["stream_path"], "", ""))
+        start_message = {"type": "start", "start": start, "output": output, "format": format,
+                         "slow_reader": slow_reader}
+        if sample_rate is not None:
+            start_message["sample_rate"] = sample_rate
+        return LiveStream(url, session["session_token"], start_message, audio, timeout)
+
     def dub(self, audio: str | Path, out: str | Path, *, avatar_id: str | None = None,
             video: str | Path | None = None, timeout_s: float = 1800.0,
             poll_s: float = 1.0, audio_features: str | Path | None = None) -> Path:
@@ -121,3 +149,83 @@ class LipSyncClient:
         partial.write_bytes(self._check(self._http.get(job["video_url"])).content)
         partial.replace(out)  # never leave a truncated mp4 at ``out``
         return out
+
+
+@dataclass
+class StreamFrame:
+    index: int
+    time_s: float
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+FRAME_HEADER = struct.Struct("<IdHH")  # serving.live.FRAME_HEADER (that module is server-side)
+
+
+@dataclass
+class LiveStream:
+    """One live session (see :meth:`LipSyncClient.stream`): iterate it for frames; ``ready``,
+    ``dropped`` and ``events`` (the server's other messages) are filled in as it runs."""
+
+    url: str
+    token: str
+    start: dict[str, Any]
+    audio: Iterable[bytes | np.ndarray]
+    timeout: float
+    ready: dict[str, Any] = field(default_factory=dict)
+    dropped: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[StreamFrame]:
+        from websockets.exceptions import ConnectionClosedOK
+        from websockets.sync.client import connect
+
+        from dinet_platform.serving.session_tokens import SUBPROTOCOL
+
+        with connect(self.url, subprotocols=[SUBPROTOCOL, self.token], max_size=None,
+                     open_timeout=self.timeout) as socket:
+            self.ready = json.loads(socket.recv(timeout=self.timeout))
+            socket.send(json.dumps(self.start))
+            sender = threading.Thread(target=self._send_audio, args=(socket,), daemon=True)
+            sender.start()
+            try:
+                while True:
+                    try:
+                        message = socket.recv(timeout=self.timeout)
+                    except ConnectionClosedOK:
+                        return
+                    if isinstance(message, bytes):
+                        frame = self._frame(message)
+                        with contextlib.suppress(ConnectionClosedOK):  # the last frames
+                            socket.send(json.dumps({"type": "ack", "index": frame.index}))
+                        yield frame
+                        continue
+                    event = json.loads(message)
+                    self.events.append(event)
+                    if event["type"] == "dropped":
+                        self.dropped = event["total"]
+                    elif event["type"] == "error":
+                        raise LipSyncError(0, event["field"], event["message"])
+            finally:
+                sender.join(timeout=1.0)
+
+    def _send_audio(self, socket: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            for chunk in self.audio:
+                if not isinstance(chunk, bytes):
+                    pcm = np.clip(np.asarray(chunk, np.float32).reshape(-1), -1.0, 1.0)
+                    chunk = np.rint(pcm * 32767.0).astype("<i2").tobytes()
+                socket.send(chunk)
+            socket.send(json.dumps({"type": "close"}))
+        except ConnectionClosed:  # the receiving side reports why
+            pass
+
+    def _frame(self, message: bytes) -> StreamFrame:
+        index, time_s, height, width = FRAME_HEADER.unpack_from(message)
+        data = np.frombuffer(message, np.uint8, offset=FRAME_HEADER.size)
+        if self.start["format"] == "raw":
+            image = data.reshape(height, width, 3)
+        else:
+            image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        return StreamFrame(index, time_s, image)

@@ -1,5 +1,5 @@
 """What every request passes before a route sees it: readiness of the app, the bearer token,
-the body size, and a request id.
+the body size, and a request id; for a WebSocket, its session token.
 
 Deny by default: every path needs the token except :data:`PUBLIC_PATHS`, matched exactly
 against the path *inside* the app (Serve mounts the app under its ``route_prefix`` and passes
@@ -10,6 +10,11 @@ The body limit counts the bytes actually received, chunk by chunk, whatever the 
 say: a declared ``Content-Length`` over the limit is refused before reading, and a chunked
 (or lying) body is cut off with 413 the moment it passes the limit, before a route keeps any
 more of it.
+
+A WebSocket may only open a live stream (``/v1/avatars/{id}/stream``) with a session token for
+that avatar (:mod:`.session_tokens`; browsers cannot send the bearer header); anything else is
+refused before the handshake completes, with an HTTP status and the API's error body where the
+server supports the denial-response extension (Serve's proxy does), else a policy close.
 
 Plain ASGI: ``@app.middleware("http")`` (Starlette's ``BaseHTTPMiddleware``) runs every
 request through an extra task group and memory streams, a measurable share of the ingress's
@@ -23,14 +28,17 @@ import uuid
 from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders, QueryParams
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from dinet_platform.serving.api import ApiError
 from dinet_platform.serving.auth import check_bearer
+from dinet_platform.serving.session_tokens import offered_token
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect",
-                          "/openapi.json"})
+                          "/openapi.json", "/app", "/app/app.js", "/app/capture.js"})
+STREAM_PATH = re.compile(r"^/v1/avatars/([^/]{1,128})/stream$")
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -63,6 +71,9 @@ class Guard:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -99,6 +110,34 @@ class Guard:
             return error(413, "body", f"request body of {length} bytes exceeds the limit of "
                                       f"{limit} bytes"), limit
         return None, limit
+
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        st = self.state(scope)
+        if st is None:
+            await deny(WebSocket(scope, receive, send), 503, "server", "starting")
+            return
+        match = STREAM_PATH.match(app_path(scope))
+        if match is None:
+            await deny(WebSocket(scope, receive, send), 404, "path", "the only WebSocket route "
+                       "is /v1/avatars/{avatar_id}/stream")
+            return
+        token = offered_token(list(scope.get("subprotocols") or []),
+                              QueryParams(scope.get("query_string", b"")).get("token"))
+        reason = st.session_tokens.redeem(token, match[1])
+        if reason:
+            await deny(WebSocket(scope, receive, send), 401, "session_token", reason)
+            return
+        await self.app(scope, receive, send)
+
+
+async def deny(socket: WebSocket, status: int, field: str, message: str) -> None:
+    """Refuse a WebSocket handshake: ``status`` with the API's error body where the server
+    can send one, else close code 1008 with the message as the reason."""
+    if "websocket.http.response" in socket.scope.get("extensions", {}):
+        await socket.send_denial_response(error(status, field, message))
+    else:
+        await socket.close(1008, f"{field}: {message}"[:120])
 
 
 def counted(receive: Receive, limit: int) -> Receive:

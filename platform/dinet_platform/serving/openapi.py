@@ -52,6 +52,13 @@ _QUERY = [
      "schema": {"type": "string", "enum": ["png", "npy"]}},
     {"name": "output", "in": "query", "required": False,
      "schema": {"type": "string", "enum": ["crops", "frames"]}},
+    {"name": "context", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 0, "maximum": 10_000},
+     "description": "frames of audio before `start` at the beginning of the audio"},
+    {"name": "final", "in": "query", "required": False,
+     "schema": {"type": "string", "enum": ["true", "false"]},
+     "description": "the audio ends the speech (default); false: its last lookahead frames "
+                    "are left for the next piece"},
 ]
 FRAMES_BODY = {"parameters": _QUERY, "requestBody": {"required": True, "content": {
     "application/json": {"schema": {
@@ -65,6 +72,8 @@ FRAMES_BODY = {"parameters": _QUERY, "requestBody": {"required": True, "content"
             "count": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
             "format": {"type": "string", "enum": ["png", "npy"]},
             "output": {"type": "string", "enum": ["crops", "frames"]},
+            "context": {"type": "integer", "minimum": 0, "maximum": 10_000},
+            "final": {"type": "boolean"},
         }}},
     "audio/wav": {"schema": BINARY},
 }}}

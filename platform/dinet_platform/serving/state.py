@@ -24,6 +24,7 @@ from dinet_platform.serving.api import ApiError
 from dinet_platform.serving.avatars import AvatarStore
 from dinet_platform.serving.dub_jobs import JobStore
 from dinet_platform.serving.model import GeneratedFrames, Refusal
+from dinet_platform.serving.session_tokens import SessionTokens
 from dinet_platform.serving.settings import ServeAppConfig
 
 INFO_TTL_S = 2.0
@@ -45,10 +46,13 @@ class AppState:
     _replies: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=2, thread_name_prefix="replies"))
     _pending_uploads: int = 0
+    live_sessions: int = 0  # open WebSocket streams on this ingress replica
+    session_tokens: SessionTokens = field(init=False)
 
     def __post_init__(self) -> None:
         self._uploads = ThreadPoolExecutor(max_workers=self.settings.serving.upload_workers,
                                            thread_name_prefix="uploads")
+        self.session_tokens = SessionTokens(self.token, self.settings.serving.stream.token_ttl_s)
 
     @property
     def retry_after(self) -> str:

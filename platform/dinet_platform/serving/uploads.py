@@ -218,24 +218,37 @@ def parse_frames(body: bytes, kind: str, query: QueryParams, model: dict[str, An
         raise invalid("output", f"must be 'crops' or 'frames', got {what!r:.40}")
     if ("features" in doc) == ("audio_wav" in doc):
         raise invalid("features", "send exactly one of 'features' or 'audio_wav'")
+    context = api.optional_int(doc, "context", 0, maximum=10_000)
+    final = doc.get("final", True)
+    if not isinstance(final, bool):
+        raise invalid("final", f"must be true or false, got {final!r:.40}")
     limit = serving.max_frames_per_request
     source = "features" if "features" in doc else "audio_wav"
+    audio = model["audio"]
     if "features" in doc:
-        if isinstance(doc["features"], list) and len(doc["features"]) > limit:
+        if isinstance(doc["features"], list) and len(doc["features"]) > limit + context:
             raise too_many_frames(source, len(doc["features"]), limit)
-        features = api.features_from_json(doc["features"], source, model, count)
+        features = api.features_from_json(doc["features"], source, model)
+        windows = api.audio_windows(features, audio["window"])
+        if not final:  # these frames' windows reach past the features sent
+            windows = windows[:len(windows) - (audio["window"] - 1 - audio["window"] // 2)]
+        windows = windows[context:]
     else:
         wav = doc["audio_wav"]
         data = wav if isinstance(wav, bytes) else api.decode_base64(wav, source)
-        rate = model["audio"]["sample_rate"]
+        rate = audio["sample_rate"]
         samples = api.decode_wav(data, source, rate,
-                                 max_samples=(limit + 1) * rate // model["audio"]["fps"])
+                                 max_samples=(limit + context + 8) * rate // audio["fps"])
         if samples is None:
             raise too_many_frames(source, None, limit)
-        features = api.features_from_wav(samples, source, model, count)
-    if len(features) > limit:
-        raise too_many_frames(source, len(features), limit)
-    windows = api.audio_windows(features, model["audio"]["window"])
+        windows = api.windows_from_wav(samples, source, model, context, final)
+    if len(windows) > limit:
+        raise too_many_frames(source, len(windows), limit)
+    if len(windows) == 0:
+        raise invalid(source, f"no frame is complete: the audio covers only its {context} "
+                              "context frames (and the lookahead of the next)")
+    if count is not None and count != len(windows):
+        raise invalid("count", f"the audio gives {len(windows)} frames, but count is {count}")
     return FrameWindow(start, windows, output, what)
 
 
@@ -246,7 +259,7 @@ def too_many_frames(field: str, frames: int | None, limit: int) -> ApiError:
 
 def wav_document(body: bytes, query: QueryParams) -> dict[str, Any]:
     doc: dict[str, Any] = {"audio_wav": body}
-    for key in ("start", "count"):
+    for key in ("start", "count", "context"):
         if key in query:
             text = query[key]
             if not (text.isdigit() and len(text) <= 10):
@@ -255,6 +268,10 @@ def wav_document(body: bytes, query: QueryParams) -> dict[str, Any]:
     for key in ("format", "output"):
         if key in query:
             doc[key] = query[key]
+    if "final" in query:
+        if query["final"] not in ("true", "false"):
+            raise invalid("final", f"must be true or false, got {query['final']!r:.40}")
+        doc["final"] = query["final"] == "true"
     return doc
 
 
