@@ -14,6 +14,14 @@ Values are ``(log(mel_power + 1e-5) - LOGMEL_OFFSET) / LOGMEL_SCALE``: a fixed a
 per-clip normalisation, which a live stream could not compute) that puts speech roughly in
 [-2, 2].
 
+Silence: ``mel_power`` never goes below the mel spectrum of white noise at
+:data:`SILENCE_FLOOR_STD` (half the faintest noise floor of the data models learn from). Every
+recording has a noise floor; digital silence (a muted microphone, padding, a stream's pauses)
+would otherwise give features far outside anything trained on, and the base model opened the
+mouth wide on them (6-14 px at mouth 64, against 1.1-1.3 px at rest in the data). At the
+floor it rests as on the data's own pauses; audio above it (speech, and the data's noise
+floor but for rare dips) is unchanged.
+
 DeepSpeech: a user who has DINet-style DeepSpeech features puts them next to the video as
 ``<name>_deepspeech.npy``, shape ``(num_frames, 29)`` at the video frame rate (what DINet's
 ``compute_audio_feature`` writes), and sets ``data.audio_features: deepspeech``. Up to
@@ -31,6 +39,8 @@ import torch
 
 LOGMEL_OFFSET = -4.0
 LOGMEL_SCALE = 4.0
+SILENCE_FLOOR_STD = 0.00075
+"""Audio quieter than white noise of this standard deviation reads as that noise (above)."""
 DEEPSPEECH_DIM = 29
 DEEPSPEECH_SLACK = 2
 DEEPSPEECH_SUFFIX = "_deepspeech.npy"
@@ -117,6 +127,15 @@ def logmel_lead(hop: int) -> int:
     return hop - hop // 2
 
 
+@lru_cache(maxsize=16)
+def silence_floor(n_mels: int, n_fft: int, sample_rate: int, win: int) -> torch.Tensor:
+    """(n_mels,) expected mel power of white noise at :data:`SILENCE_FLOOR_STD` through a
+    Hann window of ``win`` samples (per FFT bin: variance x sum of the squared window)."""
+    window = torch.hann_window(win, periodic=True, dtype=torch.float64)
+    bins = mel_filterbank(n_mels, n_fft, sample_rate).double().sum(1)
+    return (SILENCE_FLOOR_STD**2 * (window**2).sum() * bins).float()
+
+
 def logmel_of_windows(windows: torch.Tensor, *, sample_rate: int, n_mels: int) -> np.ndarray:
     """Log-mel features ``(n, n_mels)`` of ``n`` audio windows ``(n, 2 * hop)``: one frame's
     feature each (what :func:`logmel_features` computes for every frame; a stream computes
@@ -126,7 +145,8 @@ def logmel_of_windows(windows: torch.Tensor, *, sample_rate: int, n_mels: int) -
     window = torch.hann_window(win, periodic=True, dtype=torch.float32)
     spectrum = torch.fft.rfft(windows * window, n=n_fft)
     power = spectrum.real**2 + spectrum.imag**2
-    mel = power @ mel_filterbank(n_mels, n_fft, sample_rate).T
+    mel = torch.maximum(power @ mel_filterbank(n_mels, n_fft, sample_rate).T,
+                        silence_floor(n_mels, n_fft, sample_rate, win))
     features = (torch.log(mel + 1e-5) - LOGMEL_OFFSET) / LOGMEL_SCALE
     return features.numpy().astype(np.float32)
 

@@ -38,7 +38,7 @@ async function listAvatars(select) {
   for (const avatar of avatars) {
     const option = document.createElement("option");
     option.value = avatar.avatar_id;
-    option.textContent = `${avatar.avatar_id.slice(0, 8)} (${avatar.frames || "?"} frames)`;
+    option.textContent = `${avatar.avatar_id.slice(0, 8)} (${avatar.num_frames ?? "?"} frames)`;
     menu.appendChild(option);
   }
   if (select) menu.value = select;
