@@ -258,6 +258,19 @@ def test_concurrent_sessions_share_forwards(served, avatar):
     assert any(int(size) > 1 and n > 0 for size, n in grown.items()), grown
 
 
+def test_a_declared_sample_rate_is_resampled_and_still_counts_every_frame(served, avatar):
+    """A browser records at 48 kHz: the session resamples, chunk by chunk, and the frame count
+    is that of the speech."""
+    from dinet_platform.media.io import resample_audio
+
+    speech = resample_audio(speech_like(2.0, seed=8), 16000, 48000)
+    pieces = [speech[at:at + 1920] for at in range(0, len(speech), 1920)]
+    with LipSyncClient(served["url"], SERVE_TOKEN) as client:
+        frames = list(client.stream(avatar, pieces, sample_rate=48000, output="crops"))
+    assert [f.index for f in frames] == list(range(50))
+    assert frames[0].image.shape == (104, 80, 3)
+
+
 def test_bad_messages_end_the_session_with_a_reason(served, avatar):
     for message, field in ((b"\x00" * 3, "audio"), ('{"type": "jump"}', "type"),
                            ('{"type": "start", "format": "gif"}', "format"),

@@ -150,6 +150,8 @@ class LiveSession:
         self.acked = -1
         self.unacked: deque[int] = deque()  # indices sent and not acknowledged yet
         self.dropped = 0
+        self._dropped_from: int | None = None  # drops not reported to the client yet
+        self._dropped_now = 0
         self.closing = False
         self.paused = False
         self._wake = asyncio.Event()
@@ -274,6 +276,7 @@ class LiveSession:
             self.frames += 1
             self.waiting += 1
         if len(windows):
+            self._trim_backlog()
             self._wake.set()
 
     def _check_buffer(self) -> None:
@@ -301,20 +304,18 @@ class LiveSession:
                                                  "dropped": self.dropped})
                     continue
                 batch = await self._take_batch()
-                if not batch:
+                if batch:
+                    await self._send_frames(batch)
+                elif self.pending and isinstance(self.pending[0], _Frame):
                     break  # waiting for credit: an ack wakes us
-                await self._send_frames(batch)
             if self.closing and not self.pending:
                 await self.socket.close(1000)
                 return
 
     async def _take_batch(self) -> list[_Frame]:
-        """The next frames to compute: as many as the client's credit allows. ``drop`` also
-        drops the oldest frames of a backlog past ``max_unacked_frames`` (the client or the
-        model fell behind real time: live output stays current), and at ``close`` whatever
-        has no credit."""
+        """The next frames to compute: as many as the client's credit allows (at ``close``,
+        in ``drop``, what has no credit is dropped)."""
         pause = self.options.slow_reader == "pause"
-        limit = self.config.max_unacked_frames
         if pause and self.credit <= 0 and not self.paused:
             self.paused = True
             await self.socket.send_json({"type": "paused", "at": self.pending[0].index,
@@ -322,28 +323,51 @@ class LiveSession:
         elif pause and self.credit > 0 and self.paused:
             self.paused = False
             await self.socket.send_json({"type": "resumed", "at": self.pending[0].index})
-        stale = 0 if pause else self.waiting - limit
         unsendable = self.closing and not pause
         batch: list[_Frame] = []
-        first, dropped = None, 0
         while self.pending and isinstance(self.pending[0], _Frame):
             room = min(self.credit, self.config.max_frames_per_call) - len(batch)
             if room <= 0 and not unsendable:
                 break
             frame = self.pending.popleft()
             self.waiting -= 1
-            if dropped < stale or room <= 0:
-                first = frame.index if first is None else first
-                dropped += 1
+            if room <= 0:
+                self._drop(frame.index)
             else:
                 batch.append(frame)
-        if dropped:
-            self.dropped += dropped
-            await self.socket.send_json({
-                "type": "dropped", "from": first, "count": dropped, "total": self.dropped,
-                "reason": f"more than stream.max_unacked_frames ({limit}) frames behind: the "
-                          f"client acknowledged frame {self.acked}, {self.frames} are due"})
+        await self._report_drops()
         return batch
+
+    def _trim_backlog(self) -> None:
+        """``drop``: never more frames waiting than ``max_unacked_frames``; the oldest go."""
+        excess = self.waiting - self.config.max_unacked_frames
+        if excess <= 0 or self.options.slow_reader != "drop":
+            return
+        kept: deque[_Frame | _End] = deque()
+        for item in self.pending:
+            if excess > 0 and isinstance(item, _Frame):
+                self._drop(item.index)
+                self.waiting -= 1
+                excess -= 1
+            else:
+                kept.append(item)
+        self.pending = kept
+
+    def _drop(self, index: int) -> None:
+        if self._dropped_from is None:
+            self._dropped_from = index
+        self._dropped_now += 1
+
+    async def _report_drops(self) -> None:
+        if not self._dropped_now:
+            return
+        self.dropped += self._dropped_now
+        message = {"type": "dropped", "from": self._dropped_from, "count": self._dropped_now,
+                   "total": self.dropped, "reason": "more than stream.max_unacked_frames "
+                   f"({self.config.max_unacked_frames}) frames behind: the client "
+                   f"acknowledged frame {self.acked}, {self.frames} are due"}
+        self._dropped_from, self._dropped_now = None, 0
+        await self.socket.send_json(message)
 
     async def _send_frames(self, batch: list[_Frame]) -> None:
         first = batch[0].index
