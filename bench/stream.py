@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -175,8 +176,9 @@ def serve_level(app: StandIn, sessions: int, seconds: float) -> dict:
            "delivered_fps": sum(len(t.arrivals) for t in tallies) / seconds,
            "mean_batch": sum(k * v for k, v in batches.items()) / max(1, forwards),
            "frames_computed": frames_after - frames_before}
-    row["real_time"] = (row["fps_min"] >= 24.0 and row["gap_p99_ms"] <= 80.0 and dropped == 0)
-    return row
+    row["real_time"] = bool(row["fps_min"] >= 24.0 and row["gap_p99_ms"] <= 80.0
+                            and dropped == 0)
+    return {k: float(v) if isinstance(v, np.floating) else v for k, v in row.items()}
 
 
 def in_process_level(app: StandIn, sessions: int, seconds: float) -> dict:
@@ -190,7 +192,7 @@ def in_process_level(app: StandIn, sessions: int, seconds: float) -> dict:
     typed = validate_args(app.settings)
     server = ModelServer(typed.serving, app.client, AvatarStore(app.root / "avatars"))
     server.ensure_current()
-    torch.set_num_threads(max(1, round(typed.serving.cpus_per_replica)))
+    torch.set_num_threads(max(1, math.ceil(typed.serving.cpus_per_replica)))
     windows = offline_windows(speech_like(4.0, 0), sample_rate=RATE, fps=FPS, n_mels=29,
                               window=5)
     server.avatar(server.model, app.avatar)
@@ -204,8 +206,8 @@ def in_process_level(app: StandIn, sessions: int, seconds: float) -> dict:
         frames += len(jobs)
         step += 1
     capacity = frames / (time.perf_counter() - began)
-    return {"variant": "in_process", "sessions": sessions, "capacity_fps": capacity,
-            "headroom": capacity / (FPS * sessions)}
+    return {"variant": "in_process", "sessions": sessions, "capacity_fps": float(capacity),
+            "headroom": float(capacity / (FPS * sessions))}
 
 
 def drift(app: StandIn, minutes: float) -> dict:
@@ -226,6 +228,10 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[0.125, 1.0])
     parser.add_argument("--mouth", type=int, default=96)
     parser.add_argument("--drift-minutes", type=float, default=10.0)
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0,
+                        help="the model replica's CPUs (torch threads: rounded up)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="model replicas (the ingress keeps as many calls out)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -234,7 +240,9 @@ def main() -> None:
     results = []
     for width in args.widths:
         serving = {"max_batch_size": 16, "max_ongoing_requests": 32,
-                   "stream": {"max_sessions": max(args.sessions) + 1}}
+                   "cpus_per_replica": args.cpus_per_replica, "num_replicas": args.replicas,
+                   "stream": {"max_sessions": max(args.sessions) + 1,
+                              "calls_in_flight": args.replicas}}
         with stand_in_serve(width=width, mouth=args.mouth, serving=serving) as app:
             asyncio.run(run_session(app, 2.0, seed=99))  # warm-up: avatar cache, first forward
             rows = []
@@ -248,21 +256,23 @@ def main() -> None:
             held = [r["sessions"] for r in rows if r["variant"] == "serve" and r["real_time"]]
             results.append({"width": width, "mouth_size": args.mouth, "rows": rows,
                             "max_real_time_sessions": max(held, default=0)})
+            print(f"\nwidth {width}, mouth {args.mouth}, int8 CPU, {os.cpu_count()} cores, "
+                  f"{args.replicas} model replica(s) of {args.cpus_per_replica:g} CPU")
+            print(markdown_table([r for r in rows if r["variant"] == "serve"], [
+                "sessions", "fps_min", "fps_mean", "gap_p50_ms", "gap_p99_ms", "ttff_ms",
+                "latency_p50_ms", "latency_p99_ms", "dropped", "mean_batch", "delivered_fps",
+                "path_ratio", "real_time"]))
+            print(markdown_table([r for r in rows if r["variant"] == "in_process"],
+                                 ["sessions", "capacity_fps", "headroom"]))
+            print(f"largest N holding real time: {results[-1]['max_real_time_sessions']}",
+                  flush=True)
             write_json(args.out, {"device": "cpu", "results": results, "args": vars(args),
                                   "script": Path(__file__).name})
             print(f"drift: {args.drift_minutes:g} min of audio ...", flush=True)
-            measured_drift = results[-1]["drift"] = drift(app, args.drift_minutes)
-        print(f"\nwidth {width}, mouth {args.mouth}, int8 CPU, {os.cpu_count()} cores")
-        print(markdown_table([r for r in rows if r["variant"] == "serve"], [
-            "sessions", "fps_min", "fps_mean", "gap_p50_ms", "gap_p99_ms", "ttff_ms",
-            "latency_p50_ms", "latency_p99_ms", "dropped", "mean_batch", "delivered_fps",
-            "path_ratio", "real_time"]))
-        print(markdown_table([r for r in rows if r["variant"] == "in_process"],
-                             ["sessions", "capacity_fps", "headroom"]))
-        print(f"largest N holding real time: {results[-1]['max_real_time_sessions']}; drift "
-              f"after {measured_drift['audio_s']:g} s of audio: "
-              f"{measured_drift['drift_ms']:.1f} ms ({measured_drift['frames']} frames, "
-              f"{measured_drift['expected']} expected)\n", flush=True)
+            measured = results[-1]["drift"] = drift(app, args.drift_minutes)
+        print(f"drift after {measured['audio_s']:g} s of audio: {measured['drift_ms']:.1f} ms "
+              f"({measured['frames']} frames, {measured['expected']} expected, last frame "
+              f"{measured['last_index']})\n", flush=True)
     write_json(args.out, {"device": "cpu", "results": results, "args": vars(args),
                           "script": Path(__file__).name})
 

@@ -191,3 +191,24 @@ def test_a_cancelled_caller_is_left_out_of_the_batch():
 
     kept, batches = asyncio.run(main())
     assert kept == 20 and batches == [[0], [2]]
+
+
+def test_an_async_compute_batches_the_callers_of_a_call_in_flight():
+    """The ingress gathers live sessions with the same queue around an awaited call: callers
+    that arrive while one call is out go together in the next."""
+    calls: list[list[int]] = []
+
+    async def remote(jobs: list[int]) -> list[int]:
+        calls.append(jobs)
+        await asyncio.sleep(0.05)
+        return [2 * job for job in jobs]
+
+    async def main() -> list[int]:
+        queue = BatchQueue(remote, max_batch_size=8, wait_s=0.0)
+        first = asyncio.ensure_future(queue.submit(0))
+        await asyncio.sleep(0.01)  # the first call is out
+        rest = [asyncio.ensure_future(queue.submit(i)) for i in range(1, 5)]
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert calls == [[0], [1, 2, 3, 4]]

@@ -46,6 +46,12 @@ class StreamConfig(Strict):
     max_frames_per_call: Annotated[int, Field(ge=1)] = 25
     """Frames of one session in one call to the model (it waits for audio less often)."""
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+    calls_in_flight: Annotated[int, Field(ge=1)] = 1
+    """Calls carrying sessions' windows that the ingress keeps out at once: 1 gathers the most
+    sessions per forward (one replica); the number of model replicas lets each compute."""
+    batch_wait_s: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    """How long the ingress waits for the other sessions expected back before it sends the
+    ready windows to the model together (half a frame at 25 fps)."""
 
 
 class ServingConfig(Strict):

@@ -27,6 +27,7 @@ Plain asyncio, no Ray: the Serve model deployment owns one :class:`BatchQueue` p
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -36,14 +37,16 @@ Result = TypeVar("Result")
 
 class BatchQueue(Generic[Job, Result]):
     """``await queue.submit(job)`` returns ``compute([... job ...])``'s entry for ``job``;
-    ``compute`` (blocking: it runs in a worker thread) gets a list of jobs and returns one
-    result per job, in order. When ``compute`` raises for a batch of several jobs, each is
-    computed again alone: only the job that fails alone gets the exception. ``weight(job)``
-    (e.g. its frames) bounds a batch's total by ``max_batch_weight``."""
+    ``compute`` (blocking: it runs in a worker thread; or a coroutine function, awaited) gets
+    a list of jobs and returns one result per job, in order. When ``compute`` raises for a
+    batch of several jobs, each is computed again alone: only the job that fails alone gets
+    the exception. ``weight(job)`` (e.g. its frames) bounds a batch's total by
+    ``max_batch_weight``. ``in_flight`` > 1 lets that many batches compute at once (calls to
+    a service with several replicas): a batch leaves as soon as one is free."""
 
     def __init__(self, compute: Callable[[list[Job]], Sequence[Result]], max_batch_size: int,
                  wait_s: float, weight: Callable[[Job], int] = lambda job: 1,
-                 max_batch_weight: int | None = None):
+                 max_batch_weight: int | None = None, in_flight: int = 1):
         self.compute = compute
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
@@ -53,6 +56,8 @@ class BatchQueue(Generic[Job, Result]):
         self._expected = max_batch_size  # callers to gather before the next batch
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self.in_flight = in_flight
+        self._running: set[asyncio.Task] = set()
 
     def configure(self, max_batch_size: int, wait_s: float,
                   max_batch_weight: int | None = None) -> None:
@@ -69,13 +74,22 @@ class BatchQueue(Generic[Job, Result]):
 
     async def _run(self) -> None:
         while True:
+            while len(self._running) >= self.in_flight:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             await self._gather_company()
             if not self._pending:
                 return
             batch = self._take_batch()
-            if batch:
+            if not batch:
+                continue
+            if self.in_flight == 1:
                 await self._compute(batch)
                 self._expected = len(batch) + len(self._pending)
+            else:  # the callers out are not coming back soon: take whoever is queued
+                task = asyncio.get_running_loop().create_task(self._compute(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                self._expected = 1
 
     def _take_batch(self) -> list[tuple[Job, asyncio.Future[Result]]]:
         """The next batch: queued jobs in order up to ``max_batch_size`` jobs and
@@ -95,7 +109,11 @@ class BatchQueue(Generic[Job, Result]):
 
     async def _compute(self, batch: list[tuple[Job, asyncio.Future[Result]]]) -> None:
         try:
-            results = await asyncio.to_thread(self.compute, [job for job, _ in batch])
+            jobs = [job for job, _ in batch]
+            if inspect.iscoroutinefunction(self.compute):  # e.g. a call to another service
+                results = await self.compute(jobs)
+            else:
+                results = await asyncio.to_thread(self.compute, jobs)
             if len(results) != len(batch):
                 raise RuntimeError(f"compute returned {len(results)} results for "
                                    f"{len(batch)} jobs")

@@ -143,6 +143,13 @@ class LipSyncModel:
         except ValueError as exc:  # unreadable, or made for another mouth size
             return Refusal(422, "avatar_id", str(exc))
 
+    async def frames_many(self, jobs: list[FrameJob]) -> list[GeneratedFrames | Refusal]:
+        """Several callers' windows in one call (the ingress gathers live sessions): each goes
+        into the batching queue as :meth:`frames` would, so they share forwards with each
+        other and with every other caller."""
+        return list(await asyncio.gather(*(self.frames(job.avatar_id, job.start, job.audio,
+                                                       job.paste) for job in jobs)))
+
     async def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool
                       ) -> GeneratedFrames:
         """A window longer than the per-forward frame budget goes through in parts."""

@@ -22,8 +22,9 @@ from ray.serve.exceptions import BackPressureError
 
 from dinet_platform.serving.api import ApiError
 from dinet_platform.serving.avatars import AvatarStore
+from dinet_platform.serving.batching import BatchQueue
 from dinet_platform.serving.dub_jobs import JobStore
-from dinet_platform.serving.model import GeneratedFrames, Refusal
+from dinet_platform.serving.model import FrameJob, GeneratedFrames, Refusal
 from dinet_platform.serving.session_tokens import SessionTokens
 from dinet_platform.serving.settings import ServeAppConfig
 
@@ -47,6 +48,7 @@ class AppState:
         max_workers=2, thread_name_prefix="replies"))
     _pending_uploads: int = 0
     live_sessions: int = 0  # open WebSocket streams on this ingress replica
+    _stream_batches: BatchQueue | None = None
     session_tokens: SessionTokens = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +114,24 @@ class AppState:
         if isinstance(result, Refusal):
             raise refusal_error(result, self.retry_after)
         return result
+
+    async def stream_frames(self, avatar_id: str, start: int, windows: np.ndarray,
+                            paste: bool) -> GeneratedFrames:
+        """A live session's window: the windows of every session that are ready together go
+        to the model in one call (:meth:`_frames_many`), one Serve round trip instead of one
+        per session, and into one forward."""
+        if self._stream_batches is None:
+            stream = self.settings.serving.stream
+            self._stream_batches = BatchQueue(self._frames_many, stream.max_sessions,
+                                              stream.batch_wait_s,
+                                              in_flight=stream.calls_in_flight)
+        result = await self._stream_batches.submit(FrameJob(avatar_id, start, windows, paste))
+        if isinstance(result, Refusal):
+            raise refusal_error(result, self.retry_after)
+        return result
+
+    async def _frames_many(self, jobs: list[FrameJob]) -> list[GeneratedFrames | Refusal]:
+        return await self._call(lambda: self.model.frames_many.remote(jobs))
 
     async def dub(self, job_id: str) -> None:
         """Hand a stored job to a replica's dub queue (returns once it is queued)."""
