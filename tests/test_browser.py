@@ -80,6 +80,7 @@ def test_the_page_streams_the_microphone_and_draws_the_avatar_talking(
             page.wait_for_function("window.dinet.frames >= 40", timeout=60_000)
             second = canvas_digest(page)
             stats = page.evaluate("() => ({...window.dinet})")
+            chosen = page.input_value("#avatar")  # listing again (the token's blur) keeps it
             shot = Path(SCREENSHOT_DIR or tmp_path) / "live-page.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
@@ -87,6 +88,6 @@ def test_the_page_streams_the_microphone_and_draws_the_avatar_talking(
         finally:
             browser.close()
     assert not errors and stats["error"] is None, (errors, stats)
-    assert stats["state"] == "streaming" and first != second
+    assert stats["state"] == "streaming" and first != second and chosen == avatar
     assert stats["fps"] > 0 and stats["latency"] is not None
     assert shot.stat().st_size > 10_000

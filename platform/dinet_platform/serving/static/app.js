@@ -34,6 +34,7 @@ async function api(path, options = {}) {
 async function listAvatars(select) {
   const { avatars } = await api("/v1/avatars");
   const menu = $("avatar");
+  const keep = select || menu.value; // listing again must not change the choice
   menu.innerHTML = "";
   for (const avatar of avatars) {
     const option = document.createElement("option");
@@ -41,7 +42,7 @@ async function listAvatars(select) {
     option.textContent = `${avatar.avatar_id.slice(0, 8)} (${avatar.num_frames ?? "?"} frames)`;
     menu.appendChild(option);
   }
-  if (select) menu.value = select;
+  if (avatars.some((avatar) => avatar.avatar_id === keep)) menu.value = keep;
   if (!avatars.length) menu.innerHTML = "<option value=''>(no avatars yet: upload one)</option>";
 }
 
