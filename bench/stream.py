@@ -232,6 +232,8 @@ def main() -> None:
                         help="the model replica's CPUs (torch threads: rounded up)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="model replicas (the ingress keeps as many calls out)")
+    parser.add_argument("--batch-wait", type=float, default=0.02,
+                        help="stream.batch_wait_s: how long the ingress waits for sessions")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -242,7 +244,8 @@ def main() -> None:
         serving = {"max_batch_size": 16, "max_ongoing_requests": 32,
                    "cpus_per_replica": args.cpus_per_replica, "num_replicas": args.replicas,
                    "stream": {"max_sessions": max(args.sessions) + 1,
-                              "calls_in_flight": args.replicas}}
+                              "calls_in_flight": args.replicas,
+                              "batch_wait_s": args.batch_wait}}
         with stand_in_serve(width=width, mouth=args.mouth, serving=serving) as app:
             asyncio.run(run_session(app, 2.0, seed=99))  # warm-up: avatar cache, first forward
             rows = []
