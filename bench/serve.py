@@ -225,7 +225,7 @@ def in_process(server, avatar: str, windows: np.ndarray, batch: int, seconds: fl
                threads: int) -> Tally:
     """The replica's own work without Serve: ``ModelServer.generate`` on ``batch`` jobs at a
     time, built as the ingress builds them, on ``threads`` torch threads."""
-    from dinet_platform.serving.api import audio_windows
+    from dinet_platform.media.audio_features import audio_windows
     from dinet_platform.serving.model import FrameJob
 
     torch.set_num_threads(threads)

@@ -50,19 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from dinet_platform.serving.client import FRAME_HEADER
+
 from bench.common import markdown_table, percentile, write_json
 from bench.stand_in import AUTH, StandIn, stand_in_serve
+from tests.support import speech_like
 
 FPS, RATE, HOP = 25, 16000, 640
-HEADER = "<IdHH"
-
-
-def speech_like(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    voiced = np.sin(2 * np.pi * (2.5 + seed % 3) * t) > 0
-    tone = 0.3 * np.sin(2 * np.pi * (150 + 30 * seed % 90 + 40 * np.sin(2 * np.pi * t)) * t)
-    return (tone * voiced + 0.02 * rng.normal(size=len(t))).astype(np.float32)
 
 
 def pcm(samples: np.ndarray) -> bytes:
@@ -89,8 +83,6 @@ class SessionTally:
 
 async def run_session(app: StandIn, seconds: float, seed: int, chunk_ms: int = 40,
                       fast: bool = False) -> SessionTally:
-    import struct
-
     import httpx
     import websockets
 
@@ -124,7 +116,7 @@ async def run_session(app: StandIn, seconds: float, seed: int, chunk_ms: int = 4
         feeder = asyncio.create_task(feed())
         async for message in socket:
             if isinstance(message, bytes):
-                index = struct.unpack_from(HEADER, message)[0]
+                index = FRAME_HEADER.unpack_from(message)[0]
                 tally.arrivals[index] = time.perf_counter()
                 with contextlib.suppress(websockets.ConnectionClosedOK):  # after the last
                     await socket.send(json.dumps({"type": "ack", "index": index}))

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import numpy as np
 import torch
 import yaml
 
@@ -280,3 +281,12 @@ def replica_pid(deployment: str) -> int:
     actors = list_actors(address=ray.get_runtime_context().gcs_address,
                          filters=[("state", "=", "ALIVE")], limit=1000, detail=True)
     return next(actor.pid for actor in actors if deployment in actor.class_name)
+
+
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """Tones switched on and off under noise: features that change from frame to frame."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    voiced = np.sin(2 * np.pi * 3.3 * t) > 0
+    tone = 0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(2 * np.pi * 0.7 * t)) * t)
+    return (tone * voiced + 0.02 * rng.normal(size=len(t))).astype(np.float32)

@@ -26,8 +26,7 @@ from dinet_platform.serving.session_tokens import SUBPROTOCOL, SessionTokens
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.support import SERVE_TOKEN, auth
-from tests.test_streaming import speech_like
+from tests.support import SERVE_TOKEN, auth, speech_like
 
 pytestmark = pytest.mark.serve
 HOP = 640

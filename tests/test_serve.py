@@ -18,6 +18,7 @@ import pytest
 import torch
 from dinet_platform.config.loader import ConfigError
 from dinet_platform.geometry import crop_geometry
+from dinet_platform.media.audio_features import audio_windows
 from dinet_platform.media.io import probe_video
 from dinet_platform.registry.versions import move_alias
 from dinet_platform.serving import api
@@ -127,7 +128,7 @@ def test_frames_match_the_offline_engine(served, http, avatar):
     model = load_served_model(served["settings"].serving, served["client"], served["v1"])
     stored = AvatarStore(served["root"] / "avatars").load(avatar)
     features_ref = model.engine.encode_reference(stored.references())
-    audio = torch.from_numpy(api.audio_windows(feats, 5))
+    audio = torch.from_numpy(audio_windows(feats, 5))
     offline = model.engine.generate(stored.sources(list(range(2, 8))), audio, features_ref)
     offline = offline.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(served_frames, offline, atol=2e-2)

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dinet_platform.runtime.streaming import AudioStream, offline_windows, window_of_speech
+from dinet_platform.runtime.streaming import (
+    AudioStream,
+    offline_windows,
+    stream_contract,
+    window_of_speech,
+)
+
+from tests.support import speech_like
 
 pytestmark = pytest.mark.unit
 
 AUDIO = {"sample_rate": 16000, "fps": 25, "n_mels": 29, "window": 5}
-
-
-def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """Tones switched on and off under noise: features that change from frame to frame."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    voiced = np.sin(2 * np.pi * 3.3 * t) > 0
-    tone = 0.3 * np.sin(2 * np.pi * (180 + 40 * np.sin(2 * np.pi * 0.7 * t)) * t)
-    return (tone * voiced + 0.02 * rng.normal(size=len(t))).astype(np.float32)
 
 
 def stream(samples: np.ndarray, chunks: list[int]) -> tuple[np.ndarray, AudioStream]:
@@ -78,8 +76,8 @@ def test_pieces_with_their_audio_context_give_the_windows_of_the_whole_speech():
     audio before it and leaves its last ``lookahead_frames`` to the next."""
     samples = speech_like(3.3, seed=2)
     expected = offline_windows(samples, **AUDIO)
-    probe = AudioStream(**AUDIO)
-    context, lookahead, hop = probe.context_frames, probe.lookahead_frames, 640
+    contract = stream_contract(16000, 25, 5)
+    context, lookahead, hop = contract["context_frames"], contract["lookahead_frames"], 640
     assert (context, lookahead) == (3, 3)
     got, start = [], 0
     for end in (1, 9, 10, 40, len(expected)):

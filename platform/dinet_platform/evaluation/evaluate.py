@@ -44,7 +44,7 @@ from dinet_platform.evaluation.video_metrics import (
     true_opening,
 )
 from dinet_platform.geometry import crop_geometry, mouth_mask, mouth_size_of_crop
-from dinet_platform.media.audio_features import audio_window
+from dinet_platform.media.audio_features import audio_windows
 from dinet_platform.models.checkpoints import load_generator
 from dinet_platform.models.clip import ClipGenerator
 from dinet_platform.models.syncnet import SyncNet
@@ -125,9 +125,7 @@ def generate_video(model: EvalModel, video: Video, batch_size: int = 16) -> torc
     source = frames * (1.0 - mouth_mask(model.mouth_size))
     references = frames[torch.from_numpy(video.references)].reshape(1, -1, *frames.shape[-2:])
     features = video.features.numpy()
-    audio = torch.from_numpy(np.stack(
-        [audio_window(features, i, model.audio_window) for i in range(len(frames))]
-    ))
+    audio = torch.from_numpy(audio_windows(features, model.audio_window))
     if model.engine is not None:
         return _engine_frames(model.engine, source, references, audio, batch_size)
     clip = ClipGenerator(model.generator).eval()

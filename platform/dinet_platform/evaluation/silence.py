@@ -20,7 +20,7 @@ import torch
 from dinet_platform.evaluation.data import Video
 from dinet_platform.evaluation.evaluate import EvalModel, generate_video
 from dinet_platform.evaluation.video_metrics import LipReader, true_opening
-from dinet_platform.media.audio_features import logmel_features
+from dinet_platform.media.audio_features import hop_length, logmel_features
 
 CLOSED_PX = 0.25
 """Ground-truth inner-lip gap (crop pixels) up to which a real frame counts as at rest."""
@@ -48,8 +48,7 @@ def silence_openings(model: EvalModel, video: Video, *, sample_rate: int = 16000
     rest = truth <= CLOSED_PX
     if not bool(rest.any()):
         raise ValueError(f"{video.video_id}: no frame with closed lips to compare against")
-    hop = sample_rate // fps
-    zeros = np.zeros(video.num_frames * hop, np.float32)
+    zeros = np.zeros(video.num_frames * hop_length(sample_rate, fps), np.float32)
     silent = torch.from_numpy(logmel_features(zeros, video.num_frames,
                                               sample_rate=sample_rate, fps=fps,
                                               n_mels=video.features.shape[1]))

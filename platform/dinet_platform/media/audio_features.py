@@ -178,6 +178,11 @@ def load_deepspeech(path: Path, num_frames: int, against: str = "video") -> np.n
     return np.concatenate([array, np.repeat(array[-1:], num_frames - len(array), axis=0)])
 
 
+def audio_windows(features: np.ndarray, width: int) -> np.ndarray:
+    """``(N, dim, width)``: :func:`audio_window` of every frame of ``features``."""
+    return np.stack([audio_window(features, i, width) for i in range(len(features))])
+
+
 def audio_window(features: np.ndarray, centre: int, width: int) -> np.ndarray:
     """(dim, width) features centred on frame ``centre``, edge-padded at the clip ends.
 

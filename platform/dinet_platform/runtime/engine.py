@@ -26,6 +26,7 @@ import torch
 
 from dinet_platform.audio_contract import AudioFeatureSpec
 from dinet_platform.config.schema import DINetConfig
+from dinet_platform.runtime.streaming import stream_contract
 
 
 class Backend(Protocol):
@@ -190,11 +191,3 @@ class ModelInfo:
             "details": self.details,
         }
 
-
-def stream_contract(sample_rate: int, fps: int, window: int) -> dict[str, int]:
-    """How much audio around a frame its window needs (``/frames`` pieces and live streams:
-    :mod:`~dinet_platform.runtime.streaming`)."""
-    from dinet_platform.runtime.streaming import AudioStream
-
-    probe = AudioStream(sample_rate=sample_rate, fps=fps, n_mels=1, window=window)
-    return {"context_frames": probe.context_frames, "lookahead_frames": probe.lookahead_frames}

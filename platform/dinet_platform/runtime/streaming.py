@@ -29,12 +29,28 @@ import numpy as np
 import torch
 
 from dinet_platform.media.audio_features import (
-    audio_window,
+    audio_windows,
     hop_length,
+    logmel_features,
     logmel_lead,
     logmel_of_windows,
     speech_frames,
 )
+
+
+def features_ahead(window: int) -> int:
+    """Features a frame's window of ``window`` frames reaches into the future
+    (:func:`~dinet_platform.media.audio_features.audio_window` centres it)."""
+    return window - 1 - window // 2
+
+
+def stream_contract(sample_rate: int, fps: int, window: int) -> dict[str, int]:
+    """How much audio around a frame its window needs: ``lookahead_frames`` after the
+    frame's own before it can leave, ``context_frames`` before it (audio cut this many frames
+    earlier gives exact frames from there on)."""
+    hop = hop_length(sample_rate, fps)
+    return {"context_frames": window // 2 + -(-logmel_lead(hop) // hop),
+            "lookahead_frames": features_ahead(window) + 1}
 
 
 class AudioStream:
@@ -56,19 +72,7 @@ class AudioStream:
 
     @property
     def ahead(self) -> int:
-        """Features a frame's window reaches into the future."""
-        return self.window - 1 - self.window // 2
-
-    @property
-    def lookahead_frames(self) -> int:
-        """Frames of audio after a frame's own before it leaves (before :meth:`end`)."""
-        return self.ahead + 1
-
-    @property
-    def context_frames(self) -> int:
-        """Frames of audio before a frame that its window depends on: audio cut this many
-        frames earlier gives a stream whose frames from there on are exact."""
-        return self.window // 2 + -(-self.lead // self.hop)
+        return features_ahead(self.window)
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Add samples; the windows of every frame that became computable."""
@@ -154,9 +158,9 @@ def window_of_speech(samples: np.ndarray, *, context: int, final: bool, sample_r
 
     ``samples`` start ``context`` frames before the first frame wanted (at a frame boundary of
     the speech; at its very beginning ``context`` is 0). With ``final`` they end the speech;
-    else the last :attr:`AudioStream.lookahead_frames` frames' windows would need audio not
-    sent yet and are left out (the next piece re-sends their audio as its context). With
-    ``context >= AudioStream.context_frames`` (or from the speech's start) the windows equal
+    else the last ``lookahead_frames`` frames' windows would need audio not sent yet and are
+    left out (the next piece re-sends their audio as its context). With ``context`` at least
+    :func:`stream_contract`'s ``context_frames`` (or from the speech's start) the windows equal
     :func:`offline_windows` of the whole speech for those frames.
     """
     stream = AudioStream(sample_rate=sample_rate, fps=fps, n_mels=n_mels, window=window)
@@ -166,12 +170,21 @@ def window_of_speech(samples: np.ndarray, *, context: int, final: bool, sample_r
     return windows[context:]
 
 
+def window_of_features(features: np.ndarray, *, context: int, final: bool,
+                       window: int) -> np.ndarray:
+    """:func:`window_of_speech` for per-frame features given by the client (DeepSpeech): the
+    first ``context`` frames are context, and unless ``final`` the last frames, whose windows
+    reach past the features sent, are left for the next piece."""
+    windows = audio_windows(features, window)
+    if not final:
+        windows = windows[:len(windows) - features_ahead(window)]
+    return windows[context:]
+
+
 def offline_windows(samples: np.ndarray, *, sample_rate: int, fps: int, n_mels: int,
                     window: int) -> np.ndarray:
     """The windows :func:`~dinet_platform.runtime.dub.dub_video` computes for a whole speech
     (what a stream of it must give)."""
-    from dinet_platform.media.audio_features import logmel_features
-
     frames = speech_frames(len(samples), hop_length(sample_rate, fps))
     features = logmel_features(samples, frames, sample_rate=sample_rate, fps=fps, n_mels=n_mels)
-    return np.stack([audio_window(features, i, window) for i in range(frames)])
+    return audio_windows(features, window)

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from dinet_platform.audio_contract import AudioFeatureSpec, missing_features
-from dinet_platform.media.audio_features import audio_window
 from dinet_platform.runtime.streaming import window_of_speech
 
 
@@ -160,7 +159,3 @@ def served_name(model: dict[str, Any]) -> str:
     return f"model version {model.get('version')}" if model.get("version") else (
         f"model {model.get('source', '')}".strip())
 
-
-def audio_windows(features: np.ndarray, width: int) -> np.ndarray:
-    """``(N, A, width)`` windows centred on each frame (edge-padded at the chunk ends)."""
-    return np.stack([audio_window(features, i, width) for i in range(len(features))])

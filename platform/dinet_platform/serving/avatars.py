@@ -54,17 +54,20 @@ class AvatarStore:
         except AvatarNotFound:
             return False
 
-    def ids(self) -> list[str]:
-        """Ids of the avatars stored, oldest first."""
+    def _stored(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir()
-                 if AVATAR_ID.match(p.name) and (p / META_FILE).is_file()]
-        return [p.name for p in sorted(found, key=lambda p: (p / META_FILE).stat().st_mtime)]
+        return [p for p in self.root.iterdir()
+                if AVATAR_ID.match(p.name) and (p / META_FILE).is_file()]
+
+    def ids(self) -> list[str]:
+        """Ids of the avatars stored, oldest first."""
+        return [p.name for p in sorted(self._stored(),
+                                       key=lambda p: (p / META_FILE).stat().st_mtime)]
 
     def count(self) -> int:
         """Avatars stored."""
-        return len(self.ids())
+        return len(self._stored())
 
     def save(self, avatar: Avatar) -> str:
         avatar_id = uuid.uuid4().hex

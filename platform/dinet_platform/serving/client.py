@@ -158,7 +158,9 @@ class StreamFrame:
     image: np.ndarray  # (H, W, 3) uint8 RGB
 
 
-FRAME_HEADER = struct.Struct("<IdHH")  # serving.live.FRAME_HEADER (that module is server-side)
+FRAME_HEADER = struct.Struct("<IdHH")
+"""Before every frame's image in a live stream: frame index, media time (s), height, width
+(little-endian; the server, serving/live.py, writes it)."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers, MutableHeaders, QueryParams
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -113,20 +113,21 @@ class Guard:
 
 
     async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        socket = WebSocket(scope, receive, send)
         st = self.state(scope)
         if st is None:
-            await deny(WebSocket(scope, receive, send), 503, "server", "starting")
+            await deny(socket, 503, "server", "starting")
             return
         match = STREAM_PATH.match(app_path(scope))
         if match is None:
-            await deny(WebSocket(scope, receive, send), 404, "path", "the only WebSocket route "
-                       "is /v1/avatars/{avatar_id}/stream")
+            await deny(socket, 404, "path", "the only WebSocket route is "
+                                            "/v1/avatars/{avatar_id}/stream")
             return
         token = offered_token(list(scope.get("subprotocols") or []),
-                              QueryParams(scope.get("query_string", b"")).get("token"))
+                              socket.query_params.get("token"))
         reason = st.session_tokens.redeem(token, match[1])
         if reason:
-            await deny(WebSocket(scope, receive, send), 401, "session_token", reason)
+            await deny(socket, 401, "session_token", reason)
             return
         await self.app(scope, receive, send)
 

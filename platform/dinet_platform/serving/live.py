@@ -22,7 +22,8 @@ client -> server
 
 server -> client
   ``{"type": "ready", ...}``: the session's settings, ``lookahead_frames`` and limits.
-  binary: a frame, :data:`FRAME_HEADER` (index, media time in s, height, width) then the image.
+  binary: a frame, ``client.FRAME_HEADER`` (index, media time in s, height, width) then the
+  image.
   ``{"type": "dropped", "from": i, "count": n, ...}``: frames never computed (slow reader).
   ``{"type": "paused" | "resumed", ...}``: the slow-reader pause began or ended.
   ``{"type": "end", "frames": n, ...}``: every frame of the utterance was sent.
@@ -59,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -71,10 +71,9 @@ from dinet_platform.config.serving import StreamConfig
 from dinet_platform.media.io import AudioResampler
 from dinet_platform.runtime.streaming import AudioStream
 from dinet_platform.serving.api import ApiError, encode_frame
+from dinet_platform.serving.client import FRAME_HEADER
 from dinet_platform.serving.state import AppState
 
-FRAME_HEADER = struct.Struct("<IdHH")
-"""Before every frame's image: frame index, media time (s), height, width (little-endian)."""
 FORMATS = ("jpeg", "png", "raw")
 OUTPUTS = ("frames", "crops")
 SLOW_READER = ("drop", "pause")
@@ -125,11 +124,6 @@ class _Frame:
     window: np.ndarray
 
 
-@dataclass
-class _End:
-    frames: int  # the session's frame count once this utterance's frames are out
-
-
 class LiveSession:
     """One client's stream: the receive loop feeds audio into an :class:`AudioStream`; the
     compute loop sends the frames that became computable, one model call at a time (what
@@ -143,12 +137,13 @@ class LiveSession:
                            "n_mels": audio["dim"], "window": audio["window"]}
         self.fps = audio["fps"]
         self.model_version = model["version"]
+        self.lookahead_frames = audio["lookahead_frames"]
         self.options = StreamOptions(sample_rate=audio["sample_rate"])
         self.audio: AudioStream | None = None  # the utterance in progress
         self.resampler: AudioResampler | None = None
         self.frames = 0  # frames of the session so far (finished utterances + this one)
-        self.pending: deque[_Frame | _End] = deque()
-        self.waiting = 0  # frames in ``pending``
+        self.pending: deque[_Frame] = deque()  # computable, not sent (nor dropped) yet
+        self.ends: deque[int] = deque()  # frame counts at which an utterance ended
         self.acked = -1
         self.unacked: deque[int] = deque()  # indices sent and not acknowledged yet
         self.dropped = 0
@@ -159,11 +154,10 @@ class LiveSession:
         self._wake = asyncio.Event()
 
     def ready_message(self) -> dict[str, Any]:
-        probe = AudioStream(**self.audio_spec)
         return {"type": "ready", "avatar_id": self.avatar_id, "model_version":
                 self.model_version, "fps": self.fps,
                 "model_sample_rate": self.audio_spec["sample_rate"],
-                "lookahead_frames": probe.lookahead_frames,
+                "lookahead_frames": self.lookahead_frames,
                 "max_unacked_frames": self.config.max_unacked_frames,
                 "max_message_bytes": self.config.max_message_bytes,
                 "header": "<IdHH: index, media time s, height, width"}
@@ -268,7 +262,7 @@ class LiveSession:
             self._queue(self.audio.push(self.resampler.flush()))
             self.resampler = None
         self._queue(self.audio.end())
-        self.pending.append(_End(self.frames))
+        self.ends.append(self.frames)
         self.audio = None
         self._wake.set()
 
@@ -276,14 +270,14 @@ class LiveSession:
         for window in windows:
             self.pending.append(_Frame(self.frames, window))
             self.frames += 1
-            self.waiting += 1
         if len(windows):
             self._trim_backlog()
             self._wake.set()
 
     def _check_buffer(self) -> None:
-        if self.waiting > self.config.max_buffered_s * self.fps:
-            raise SessionError("session", f"{self.waiting / self.fps:.1f} s of audio wait for a "
+        waiting_s = len(self.pending) / self.fps
+        if waiting_s > self.config.max_buffered_s:
+            raise SessionError("session", f"{waiting_s:.1f} s of audio wait for a "
                                           "client that reads too slowly "
                                           f"(stream.max_buffered_s {self.config.max_buffered_s:g})")
 
@@ -298,21 +292,22 @@ class LiveSession:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self.pending:
-                item = self.pending[0]
-                if isinstance(item, _End):
-                    self.pending.popleft()
-                    await self.socket.send_json({"type": "end", "frames": item.frames,
-                                                 "dropped": self.dropped})
-                    continue
-                batch = await self._take_batch()
+            while True:
+                batch = await self._take_batch() if self.pending else []
                 if batch:
                     await self._send_frames(batch)
-                elif self.pending and isinstance(self.pending[0], _Frame):
-                    break  # waiting for credit: an ack wakes us
+                await self._send_ended()
+                if not batch:
+                    break  # nothing computable, or waiting for credit: an ack wakes us
             if self.closing and not self.pending:
                 await self.socket.close(1000)
                 return
+
+    async def _send_ended(self) -> None:
+        """``end`` for every utterance whose frames are all sent or dropped."""
+        while self.ends and (not self.pending or self.pending[0].index >= self.ends[0]):
+            await self.socket.send_json({"type": "end", "frames": self.ends.popleft(),
+                                         "dropped": self.dropped})
 
     async def _take_batch(self) -> list[_Frame]:
         """The next frames to compute: as many as the client's credit allows (at ``close``,
@@ -327,12 +322,11 @@ class LiveSession:
             await self.socket.send_json({"type": "resumed", "at": self.pending[0].index})
         unsendable = self.closing and not pause
         batch: list[_Frame] = []
-        while self.pending and isinstance(self.pending[0], _Frame):
+        while self.pending:
             room = min(self.credit, self.config.max_frames_per_call) - len(batch)
             if room <= 0 and not unsendable:
                 break
             frame = self.pending.popleft()
-            self.waiting -= 1
             if room <= 0:
                 self._drop(frame.index)
             else:
@@ -342,18 +336,10 @@ class LiveSession:
 
     def _trim_backlog(self) -> None:
         """``drop``: never more frames waiting than ``max_unacked_frames``; the oldest go."""
-        excess = self.waiting - self.config.max_unacked_frames
-        if excess <= 0 or self.options.slow_reader != "drop":
+        if self.options.slow_reader != "drop":
             return
-        kept: deque[_Frame | _End] = deque()
-        for item in self.pending:
-            if excess > 0 and isinstance(item, _Frame):
-                self._drop(item.index)
-                self.waiting -= 1
-                excess -= 1
-            else:
-                kept.append(item)
-        self.pending = kept
+        while len(self.pending) > self.config.max_unacked_frames:
+            self._drop(self.pending.popleft().index)
 
     def _drop(self, index: int) -> None:
         if self._dropped_from is None:

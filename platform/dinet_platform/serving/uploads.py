@@ -31,6 +31,7 @@ from dinet_platform.audio_contract import (
 from dinet_platform.config.serving import ServingConfig
 from dinet_platform.media.images import decode_image
 from dinet_platform.media.opening import MediaError, MediaLimitError, MediaLimits
+from dinet_platform.runtime.streaming import window_of_features
 from dinet_platform.serving import api
 from dinet_platform.serving.api import ApiError, invalid, served_features, served_name
 from dinet_platform.serving.avatars import AvatarStore
@@ -229,16 +230,15 @@ def parse_frames(body: bytes, kind: str, query: QueryParams, model: dict[str, An
         if isinstance(doc["features"], list) and len(doc["features"]) > limit + context:
             raise too_many_frames(source, len(doc["features"]), limit)
         features = api.features_from_json(doc["features"], source, model)
-        windows = api.audio_windows(features, audio["window"])
-        if not final:  # these frames' windows reach past the features sent
-            windows = windows[:len(windows) - (audio["window"] - 1 - audio["window"] // 2)]
-        windows = windows[context:]
+        windows = window_of_features(features, context=context, final=final,
+                                     window=audio["window"])
     else:
         wav = doc["audio_wav"]
         data = wav if isinstance(wav, bytes) else api.decode_base64(wav, source)
         rate = audio["sample_rate"]
         samples = api.decode_wav(data, source, rate,
-                                 max_samples=(limit + context + 8) * rate // audio["fps"])
+                                 max_samples=(limit + context + audio["lookahead_frames"] + 1)
+                                 * rate // audio["fps"])
         if samples is None:
             raise too_many_frames(source, None, limit)
         windows = api.windows_from_wav(samples, source, model, context, final)
