@@ -283,3 +283,4 @@ def test_bad_messages_end_the_session_with_a_reason(served, avatar):
     with LipSyncClient(served["url"], SERVE_TOKEN) as client, pytest.raises(
             LipSyncError, match="format"):
         list(client.stream(avatar, [b"\x00\x00" * 640], format="gif"))
+

@@ -320,17 +320,15 @@ class LiveSession:
         elif pause and self.credit > 0 and self.paused:
             self.paused = False
             await self.socket.send_json({"type": "resumed", "at": self.pending[0].index})
-        unsendable = self.closing and not pause
-        batch: list[_Frame] = []
-        while self.pending:
-            room = min(self.credit, self.config.max_frames_per_call) - len(batch)
-            if room <= 0 and not unsendable:
-                break
-            frame = self.pending.popleft()
-            if room <= 0:
+        take = min(self.credit, self.config.max_frames_per_call, len(self.pending))
+        batch = [self.pending.popleft() for _ in range(max(0, take))]
+        if self.closing and not pause:  # no more audio: what the credit cannot cover goes
+            keep = max(0, self.credit - len(batch))
+            unsendable = list(self.pending)[keep:]
+            for frame in unsendable:
                 self._drop(frame.index)
-            else:
-                batch.append(frame)
+            for _ in unsendable:
+                self.pending.pop()
         await self._report_drops()
         return batch
 
