@@ -23,9 +23,10 @@ the embedded Ray, int8 calibrated, a synthetic video as the avatar), then for ea
   fps / capacity (the share of the model's own speed the session path delivers; it only means
   a cost when the sessions cannot hold real time).
 
-Then the largest N that held real time, and drift: one session fed ``--drift-minutes`` of
-audio in irregular chunks as fast as it goes (``drop``: most frames are never computed), its
-last frame index against the sample count.
+Then the largest N such that every level up to it held real time (a p99 over 20 s of gaps
+is the 10th-worst gap of 2 sessions; ``--seconds 60`` gives a steadier one), and drift: one
+session fed ``--drift-minutes`` of audio in irregular chunks as fast as it goes (``drop``:
+most frames are never computed), its last frame index against the sample count.
 
 Compare only within one run (the machine is shared).
 """
@@ -95,7 +96,7 @@ async def run_session(app: StandIn, seconds: float, seed: int, chunk_ms: int = 4
     step = RATE * chunk_ms // 1000
     rng = np.random.default_rng(seed)
     async with websockets.connect(url, subprotocols=["dinet-stream", minted["session_token"]],
-                                  max_size=None) as socket:
+                                  max_size=None, compression=None) as socket:  # as the client
         ready = json.loads(await socket.recv())
         tally.lookahead = ready["lookahead_frames"]
         await socket.send(json.dumps({"type": "start", "format": "jpeg", "output": "frames"}))
@@ -212,6 +213,15 @@ def drift(app: StandIn, minutes: float) -> dict:
             "dropped_fast_feed": tally.dropped}
 
 
+def largest_real_time(rows: list[dict]) -> int:
+    """The largest N such that every run with at most N sessions held real time (a level
+    measured twice must hold both times: one lucky run does not count)."""
+    served = [r for r in rows if r["variant"] == "serve"]
+    failed = [r["sessions"] for r in served if not r["real_time"]]
+    return max((r["sessions"] for r in served
+                if r["real_time"] and all(n > r["sessions"] for n in failed)), default=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out")
@@ -248,9 +258,8 @@ def main() -> None:
                 local = in_process_level(app, sessions, min(args.seconds, 8.0))
                 served["path_ratio"] = served["delivered_fps"] / local["capacity_fps"]
                 rows += [served, local]
-            held = [r["sessions"] for r in rows if r["variant"] == "serve" and r["real_time"]]
             results.append({"width": width, "mouth_size": args.mouth, "rows": rows,
-                            "max_real_time_sessions": max(held, default=0)})
+                            "max_real_time_sessions": largest_real_time(rows)})
             print(f"\nwidth {width}, mouth {args.mouth}, int8 CPU, {os.cpu_count()} cores, "
                   f"{args.replicas} model replica(s) of {args.cpus_per_replica:g} CPU")
             print(markdown_table([r for r in rows if r["variant"] == "serve"], [

@@ -119,6 +119,32 @@ def test_an_idle_model_waits_for_as_many_callers_as_its_last_batch_had():
     assert results == [80, 90, 100, 110]
 
 
+def test_gathered_callers_are_not_waited_for():
+    """Windows the ingress gathered (live sessions) come back with their audio, not when their
+    batch returns: after a batch of two, one gathered window is computed at once instead of
+    waiting ``wait_s`` for a second; a closed-loop caller in that batch is still waited for."""
+
+    async def main():
+        model = Model()
+        queue = BatchQueue(model, max_batch_size=2, wait_s=0.0)
+        await asyncio.gather(queue.submit(0, gathered=True), queue.submit(1, gathered=True))
+        queue.configure(max_batch_size=2, wait_s=30.0)
+        alone = await asyncio.wait_for(queue.submit(2, gathered=True), 10)
+        mixed = BatchQueue(model, max_batch_size=2, wait_s=0.0)
+        await asyncio.gather(mixed.submit(3, gathered=True), mixed.submit(4))
+        mixed.configure(max_batch_size=2, wait_s=30.0)
+        first = asyncio.create_task(mixed.submit(5, gathered=True))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        held = not first.done()  # waiting for caller 4, who comes back
+        await mixed.submit(6)
+        return alone, held, await first, model.batches
+
+    alone, held, first, batches = asyncio.run(main())
+    assert alone == 20 and held and first == 50
+    assert batches == [[0, 1], [2], [3, 4], [5, 6]]
+
+
 def test_two_groups_of_callers_are_merged_into_one_batch():
     """One caller computing, three queued behind it: the next batch waits for the one who
     was answered to come back, rather than alternating a batch of 3 and a batch of 1."""

@@ -17,7 +17,12 @@ answered plus those that were already waiting (capped at ``max_batch_size``):
   time on 2 cores);
 - 8 callers that split into two groups of 4 (one computing while the other queues) are merged
   again, instead of alternating half-size batches forever;
-- under overload the queue already holds a full batch and nothing waits.
+- under overload the queue already holds a full batch and nothing waits;
+- callers that a caller gathered already (``submit(job, gathered=True)``: the ingress's live
+  sessions, whose next windows come with their audio, not when this batch returns) are
+  neither waited for nor counted as the callers expected back: a lone window after a batch
+  of several waited ``wait_s`` for company the ingress had gathered already, which made 2
+  live sessions burstier than 4.
 
 Before the first batch it waits for a full one, as ``@serve.batch`` would.
 
@@ -53,6 +58,7 @@ class BatchQueue(Generic[Job, Result]):
         self.weight = weight
         self.max_batch_weight = max_batch_weight
         self._pending: list[tuple[Job, asyncio.Future[Result]]] = []
+        self._gathered: set[asyncio.Future[Result]] = set()  # not coming back when answered
         self._expected = max_batch_size  # callers to gather before the next batch
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -64,9 +70,11 @@ class BatchQueue(Generic[Job, Result]):
         self.max_batch_size, self.wait_s = max_batch_size, wait_s
         self.max_batch_weight = max_batch_weight
 
-    async def submit(self, job: Job) -> Result:
+    async def submit(self, job: Job, gathered: bool = False) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((job, future))
+        if gathered:
+            self._gathered.add(future)
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -82,9 +90,11 @@ class BatchQueue(Generic[Job, Result]):
             batch = self._take_batch()
             if not batch:
                 continue
+            returning = sum(future not in self._gathered for _, future in batch)
+            self._gathered.difference_update(future for _, future in batch)
             if self.in_flight == 1:
                 await self._compute(batch)
-                self._expected = len(batch) + len(self._pending)
+                self._expected = returning + self._closed_loop_pending()
             else:  # the callers out are not coming back soon: take whoever is queued
                 task = asyncio.get_running_loop().create_task(self._compute(batch))
                 self._running.add(task)
@@ -101,7 +111,9 @@ class BatchQueue(Generic[Job, Result]):
                     weight + job_weight > self.max_batch_weight):
                 break
             taken += 1
-            if not future.cancelled():
+            if future.cancelled():
+                self._gathered.discard(future)
+            else:
                 batch.append((job, future))
                 weight += job_weight
         del self._pending[:taken]
@@ -130,11 +142,14 @@ class BatchQueue(Generic[Job, Result]):
                 if not future.done():
                     future.set_result(result)
 
+    def _closed_loop_pending(self) -> int:
+        return len(self._pending) - len(self._gathered)
+
     async def _gather_company(self) -> None:
         """Wait up to ``wait_s`` until the callers expected back are queued."""
         expected = min(self._expected, self.max_batch_size)
         deadline = asyncio.get_running_loop().time() + self.wait_s
-        while len(self._pending) < expected:
+        while self._closed_loop_pending() < expected:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return

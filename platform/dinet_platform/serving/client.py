@@ -183,8 +183,10 @@ class LiveStream:
 
         from dinet_platform.serving.session_tokens import SUBPROTOCOL
 
+        # No permessage-deflate: frames are JPEG/PNG already, deflating them only costs CPU
+        # at both ends (the server compresses whenever the client offers it).
         with connect(self.url, subprotocols=[SUBPROTOCOL, self.token], max_size=None,
-                     open_timeout=self.timeout) as socket:
+                     compression=None, open_timeout=self.timeout) as socket:
             self.ready = json.loads(socket.recv(timeout=self.timeout))
             socket.send(json.dumps(self.start))
             sender = threading.Thread(target=self._send_audio, args=(socket,), daemon=True)

@@ -124,8 +124,8 @@ class LipSyncModel:
     def check_health(self) -> None:
         pass  # an unloaded model is reported by readiness (/readyz), not fatal to the replica
 
-    async def frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False
-                     ) -> GeneratedFrames | Refusal:
+    async def frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool = False,
+                     gathered: bool = False) -> GeneratedFrames | Refusal:
         model = self.server.model
         if model is None:
             return Refusal(503, "model", f"no model loaded yet ({self.error or 'loading'})")
@@ -137,7 +137,8 @@ class LipSyncModel:
             if not self.server.has_avatar(model, avatar_id):  # a hit needs no thread hop
                 await asyncio.to_thread(self.server.avatar, model, avatar_id)
             with self.server.priority.live():
-                return await self._frames(avatar_id, start, audio.astype(np.float32), paste)
+                return await self._frames(avatar_id, start, audio.astype(np.float32), paste,
+                                          gathered)
         except AvatarNotFound as exc:
             return Refusal(404, "avatar_id", str(exc))
         except ValueError as exc:  # unreadable, or made for another mouth size
@@ -148,15 +149,17 @@ class LipSyncModel:
         into the batching queue as :meth:`frames` would, so they share forwards with each
         other and with every other caller."""
         return list(await asyncio.gather(*(self.frames(job.avatar_id, job.start, job.audio,
-                                                       job.paste) for job in jobs)))
+                                                       job.paste, gathered=True)
+                                           for job in jobs)))
 
-    async def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool
-                      ) -> GeneratedFrames:
-        """A window longer than the per-forward frame budget goes through in parts."""
+    async def _frames(self, avatar_id: str, start: int, audio: np.ndarray, paste: bool,
+                      gathered: bool) -> GeneratedFrames:
+        """A window longer than the per-forward frame budget goes through in parts
+        (``gathered``: see :class:`BatchQueue`)."""
         budget = self.server.serving.max_frames_per_forward
         parts = await asyncio.gather(*(
             self.batches.submit(FrameJob(avatar_id, start + offset,
-                                         audio[offset: offset + budget], paste))
+                                         audio[offset: offset + budget], paste), gathered)
             for offset in range(0, len(audio), budget)))
         if len(parts) == 1:
             return parts[0]
