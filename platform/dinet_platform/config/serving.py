@@ -37,6 +37,10 @@ class StreamConfig(Strict):
     """Frames sent that the client has not acknowledged yet (2 s at 25 fps): a client that
     reads slower falls behind by at most this many; then its frames are dropped (or, with
     ``slow_reader: pause``, computing pauses) and it is told."""
+    max_lag_s: Positive = 0.5
+    """``slow_reader: drop``: a frame whose audio came in longer ago than this is dropped
+    instead of computed (all but the newest): a model or a client slower than real time
+    shows the latest audio, not a growing backlog."""
     max_buffered_s: Positive = 30.0
     """Audio a paused session may hold waiting for its client; beyond, it is closed."""
     idle_timeout_s: Positive = 60.0

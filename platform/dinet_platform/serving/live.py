@@ -42,9 +42,11 @@ theirs to decide. The session counts instead: at most ``stream.max_unacked_frame
 they can be sent. Then
 
 - ``drop`` (default, live speech: the freshest frames matter): a backlog never grows past
-  ``max_unacked_frames``; its oldest frames are dropped, never computed, and the client is
-  told how many with ``dropped`` (a client or a model slower than real time sees the latest
-  audio, at most 2 s late); at ``close`` what has no credit is dropped;
+  ``max_unacked_frames``, and a frame computable for longer than ``stream.max_lag_s``
+  (0.5 s) is not computed any more (but the newest one): the oldest frames are dropped, and
+  the client is told how many with ``dropped``. A client or a model slower than real time
+  sees the latest audio (a backlog of 2 s of frames took a model at 10 frames/s 5 s to
+  compute); at ``close`` what has no credit is dropped;
 - ``pause`` (a file fed faster than real time, every frame wanted): computing waits for acks
   (``paused`` / ``resumed``) and the audio waits, up to ``stream.max_buffered_s``; beyond,
   the session is closed (1008) saying so.
@@ -122,6 +124,7 @@ class StreamOptions:
 class _Frame:
     index: int
     window: np.ndarray
+    computable_at: float  # the event loop's clock when its audio was in
 
 
 class LiveSession:
@@ -267,8 +270,9 @@ class LiveSession:
         self._wake.set()
 
     def _queue(self, windows: np.ndarray) -> None:
+        now = asyncio.get_running_loop().time()
         for window in windows:
-            self.pending.append(_Frame(self.frames, window))
+            self.pending.append(_Frame(self.frames, window, now))
             self.frames += 1
         if len(windows):
             self._trim_backlog()
@@ -320,6 +324,8 @@ class LiveSession:
         elif pause and self.credit > 0 and self.paused:
             self.paused = False
             await self.socket.send_json({"type": "resumed", "at": self.pending[0].index})
+        if not pause:
+            self._drop_stale()
         take = min(self.credit, self.config.max_frames_per_call, len(self.pending))
         batch = [self.pending.popleft() for _ in range(max(0, take))]
         if self.closing and not pause:  # no more audio: what the credit cannot cover goes
@@ -339,6 +345,13 @@ class LiveSession:
         while len(self.pending) > self.config.max_unacked_frames:
             self._drop(self.pending.popleft().index)
 
+    def _drop_stale(self) -> None:
+        """``drop``: frames computable for longer than ``stream.max_lag_s`` go, all but the
+        newest (a model slower than real time computes the latest audio, not a backlog)."""
+        oldest_kept = asyncio.get_running_loop().time() - self.config.max_lag_s
+        while len(self.pending) > 1 and self.pending[0].computable_at < oldest_kept:
+            self._drop(self.pending.popleft().index)
+
     def _drop(self, index: int) -> None:
         if self._dropped_from is None:
             self._dropped_from = index
@@ -350,8 +363,9 @@ class LiveSession:
         self.dropped += self._dropped_now
         message = {"type": "dropped", "from": self._dropped_from, "count": self._dropped_now,
                    "total": self.dropped, "reason": "more than stream.max_unacked_frames "
-                   f"({self.config.max_unacked_frames}) frames behind: the client "
-                   f"acknowledged frame {self.acked}, {self.frames} are due"}
+                   f"({self.config.max_unacked_frames}) frames or stream.max_lag_s "
+                   f"({self.config.max_lag_s:g} s) behind: the client acknowledged frame "
+                   f"{self.acked}, {self.frames} are due"}
         self._dropped_from, self._dropped_now = None, 0
         await self.socket.send_json(message)
 
