@@ -236,6 +236,8 @@ def main() -> None:
                         help="model replicas (the ingress keeps as many calls out)")
     parser.add_argument("--batch-wait", type=float, default=0.02,
                         help="stream.batch_wait_s: how long the ingress waits for sessions")
+    parser.add_argument("--max-lag", type=float, default=0.5,
+                        help="stream.max_lag_s: drop frames computable longer ago than this")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -247,7 +249,7 @@ def main() -> None:
                    "cpus_per_replica": args.cpus_per_replica, "num_replicas": args.replicas,
                    "stream": {"max_sessions": max(args.sessions) + 1,
                               "calls_in_flight": args.replicas,
-                              "batch_wait_s": args.batch_wait}}
+                              "batch_wait_s": args.batch_wait, "max_lag_s": args.max_lag}}
         with stand_in_serve(width=width, mouth=args.mouth, serving=serving) as app:
             asyncio.run(run_session(app, 2.0, seed=99))  # warm-up: avatar cache, first forward
             rows = []
