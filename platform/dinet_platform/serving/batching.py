@@ -34,10 +34,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
+
+
+class _Queued(NamedTuple, Generic[Job, Result]):
+    job: Job
+    future: asyncio.Future[Result]
+    gathered: bool  # gathered by its caller: not coming back when answered
 
 
 class BatchQueue(Generic[Job, Result]):
@@ -57,8 +63,7 @@ class BatchQueue(Generic[Job, Result]):
         self.wait_s = wait_s
         self.weight = weight
         self.max_batch_weight = max_batch_weight
-        self._pending: list[tuple[Job, asyncio.Future[Result]]] = []
-        self._gathered: set[asyncio.Future[Result]] = set()  # not coming back when answered
+        self._pending: list[_Queued[Job, Result]] = []
         self._expected = max_batch_size  # callers to gather before the next batch
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -72,9 +77,7 @@ class BatchQueue(Generic[Job, Result]):
 
     async def submit(self, job: Job, gathered: bool = False) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
-        if gathered:
-            self._gathered.add(future)
+        self._pending.append(_Queued(job, future, gathered))
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -90,38 +93,34 @@ class BatchQueue(Generic[Job, Result]):
             batch = self._take_batch()
             if not batch:
                 continue
-            returning = sum(future not in self._gathered for _, future in batch)
-            self._gathered.difference_update(future for _, future in batch)
             if self.in_flight == 1:
                 await self._compute(batch)
-                self._expected = returning + self._closed_loop_pending()
+                self._expected = _closed_loop(batch) + _closed_loop(self._pending)
             else:  # the callers out are not coming back soon: take whoever is queued
                 task = asyncio.get_running_loop().create_task(self._compute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
                 self._expected = 1
 
-    def _take_batch(self) -> list[tuple[Job, asyncio.Future[Result]]]:
+    def _take_batch(self) -> list[_Queued[Job, Result]]:
         """The next batch: queued jobs in order up to ``max_batch_size`` jobs and
         ``max_batch_weight`` (at least one job, whatever it weighs)."""
         batch, weight, taken = [], 0, 0
-        for job, future in self._pending[: self.max_batch_size]:
-            job_weight = self.weight(job)
+        for queued in self._pending[: self.max_batch_size]:
+            job_weight = self.weight(queued.job)
             if batch and self.max_batch_weight is not None and (
                     weight + job_weight > self.max_batch_weight):
                 break
             taken += 1
-            if future.cancelled():
-                self._gathered.discard(future)
-            else:
-                batch.append((job, future))
+            if not queued.future.cancelled():
+                batch.append(queued)
                 weight += job_weight
         del self._pending[:taken]
         return batch
 
-    async def _compute(self, batch: list[tuple[Job, asyncio.Future[Result]]]) -> None:
+    async def _compute(self, batch: list[_Queued[Job, Result]]) -> None:
         try:
-            jobs = [job for job, _ in batch]
+            jobs = [queued.job for queued in batch]
             if inspect.iscoroutinefunction(self.compute):  # e.g. a call to another service
                 results = await self.compute(jobs)
             else:
@@ -134,22 +133,19 @@ class BatchQueue(Generic[Job, Result]):
                 for item in batch:
                     await self._compute([item])
                 return
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.set_exception(exc)
         else:
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-
-    def _closed_loop_pending(self) -> int:
-        return len(self._pending) - len(self._gathered)
+            for queued, result in zip(batch, results, strict=True):
+                if not queued.future.done():
+                    queued.future.set_result(result)
 
     async def _gather_company(self) -> None:
         """Wait up to ``wait_s`` until the callers expected back are queued."""
         expected = min(self._expected, self.max_batch_size)
         deadline = asyncio.get_running_loop().time() + self.wait_s
-        while self._closed_loop_pending() < expected:
+        while _closed_loop(self._pending) < expected:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return
@@ -158,3 +154,8 @@ class BatchQueue(Generic[Job, Result]):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 return
+
+
+def _closed_loop(queued: list[_Queued]) -> int:
+    """The callers among ``queued`` who come back once answered (not gathered ones)."""
+    return sum(not item.gathered for item in queued)

@@ -324,8 +324,7 @@ class LiveSession:
         elif pause and self.credit > 0 and self.paused:
             self.paused = False
             await self.socket.send_json({"type": "resumed", "at": self.pending[0].index})
-        if not pause:
-            self._drop_stale()
+        self._trim_backlog()  # what waited past stream.max_lag_s meanwhile
         take = min(self.credit, self.config.max_frames_per_call, len(self.pending))
         batch = [self.pending.popleft() for _ in range(max(0, take))]
         if self.closing and not pause:  # no more audio: what the credit cannot cover goes
@@ -339,17 +338,14 @@ class LiveSession:
         return batch
 
     def _trim_backlog(self) -> None:
-        """``drop``: never more frames waiting than ``max_unacked_frames``; the oldest go."""
+        """``drop``: never more frames waiting than ``max_unacked_frames``, nor any computable
+        for longer than ``stream.max_lag_s`` but the newest (a model slower than real time
+        computes the latest audio, not a backlog); the oldest go."""
         if self.options.slow_reader != "drop":
             return
-        while len(self.pending) > self.config.max_unacked_frames:
-            self._drop(self.pending.popleft().index)
-
-    def _drop_stale(self) -> None:
-        """``drop``: frames computable for longer than ``stream.max_lag_s`` go, all but the
-        newest (a model slower than real time computes the latest audio, not a backlog)."""
         oldest_kept = asyncio.get_running_loop().time() - self.config.max_lag_s
-        while len(self.pending) > 1 and self.pending[0].computable_at < oldest_kept:
+        while len(self.pending) > self.config.max_unacked_frames or (
+                len(self.pending) > 1 and self.pending[0].computable_at < oldest_kept):
             self._drop(self.pending.popleft().index)
 
     def _drop(self, index: int) -> None:
