@@ -37,10 +37,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,25 +179,33 @@ def in_process_level(app: StandIn, sessions: int, seconds: float) -> dict:
     from dinet_platform.runtime.streaming import offline_windows
     from dinet_platform.serving.api import encode_frame
     from dinet_platform.serving.avatars import AvatarStore
+    from dinet_platform.serving.deployment import forward_threads
     from dinet_platform.serving.model import FrameJob, ModelServer
     from dinet_platform.serving.settings import validate_args
 
     typed = validate_args(app.settings)
     server = ModelServer(typed.serving, app.client, AvatarStore(app.root / "avatars"))
     server.ensure_current()
-    torch.set_num_threads(max(1, math.ceil(typed.serving.cpus_per_replica)))
+    torch.set_num_threads(forward_threads(typed.serving))  # before the pool's first forward
     windows = offline_windows(speech_like(4.0, 0), sample_rate=RATE, fps=FPS, n_mels=29,
                               window=5)
     server.avatar(server.model, app.avatar)
-    frames, began, step = 0, time.perf_counter(), 0
-    while time.perf_counter() - began < seconds:
-        jobs = [FrameJob(app.avatar, step + s, windows[(step + s) % len(windows)][None], True)
-                for s in range(sessions)]
+    parallel = typed.serving.parallel_forwards
+    share = -(-sessions // parallel)  # the replica's queue splits them so
+
+    def forward(jobs: list[FrameJob]) -> None:
         outputs, _ = server.generate(jobs)
         for out in outputs:
             encode_frame(out[0], "jpeg", typed.serving.stream.jpeg_quality)
-        frames += len(jobs)
-        step += 1
+
+    frames, began, step = 0, time.perf_counter(), 0
+    with ThreadPoolExecutor(parallel) as pool:
+        while time.perf_counter() - began < seconds:
+            jobs = [FrameJob(app.avatar, step + s, windows[(step + s) % len(windows)][None],
+                             True) for s in range(sessions)]
+            list(pool.map(forward, [jobs[i: i + share] for i in range(0, sessions, share)]))
+            frames += len(jobs)
+            step += 1
     capacity = frames / (time.perf_counter() - began)
     return {"variant": "in_process", "sessions": sessions, "capacity_fps": float(capacity),
             "headroom": float(capacity / (FPS * sessions))}
@@ -232,6 +240,8 @@ def main() -> None:
     parser.add_argument("--drift-minutes", type=float, default=10.0)
     parser.add_argument("--cpus-per-replica", type=float, default=1.0,
                         help="the model replica's CPUs (torch threads: rounded up)")
+    parser.add_argument("--parallel-forwards", type=int, default=1,
+                        help="forwards a replica computes at once (threads: CPUs shared)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="model replicas (the ingress keeps as many calls out)")
     parser.add_argument("--batch-wait", type=float, default=0.02,
@@ -247,6 +257,7 @@ def main() -> None:
     for width in args.widths:
         serving = {"max_batch_size": 16, "max_ongoing_requests": 32,
                    "cpus_per_replica": args.cpus_per_replica, "num_replicas": args.replicas,
+                   "parallel_forwards": args.parallel_forwards,
                    "stream": {"max_sessions": max(args.sessions) + 1,
                               "calls_in_flight": args.replicas,
                               "batch_wait_s": args.batch_wait, "max_lag_s": args.max_lag}}
@@ -263,7 +274,8 @@ def main() -> None:
             results.append({"width": width, "mouth_size": args.mouth, "rows": rows,
                             "max_real_time_sessions": largest_real_time(rows)})
             print(f"\nwidth {width}, mouth {args.mouth}, int8 CPU, {os.cpu_count()} cores, "
-                  f"{args.replicas} model replica(s) of {args.cpus_per_replica:g} CPU")
+                  f"{args.replicas} model replica(s) of {args.cpus_per_replica:g} CPU, "
+                  f"{args.parallel_forwards} forward(s) at once")
             print(markdown_table([r for r in rows if r["variant"] == "serve"], [
                 "sessions", "fps_min", "fps_mean", "gap_p50_ms", "gap_p99_ms", "ttff_ms",
                 "latency_p50_ms", "latency_p99_ms", "dropped", "mean_batch", "delivered_fps",

@@ -156,6 +156,7 @@ def trained_pipeline(
 
 SERVE_ARGS = {"max_batch_size": 4, "batch_wait_timeout_s": 0.2, "max_ongoing_requests": 8,
               "max_queued_requests": 16, "cpus_per_replica": 0.5, "max_request_bytes": 1 << 20,
+              "parallel_forwards": 2,  # every serve test also checks forwards side by side
               "max_frames_per_request": 48, "max_frames_per_forward": 32,
               "max_queued_dubs": 1, "max_dub_audio_s": 60.0,
               "stream": {"max_sessions": 3, "max_unacked_frames": 20, "idle_timeout_s": 30.0}}

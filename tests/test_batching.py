@@ -238,3 +238,42 @@ def test_an_async_compute_batches_the_callers_of_a_call_in_flight():
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8]
     assert calls == [[0], [1, 2, 3, 4]]
+
+
+def test_forwards_side_by_side_share_the_queue_and_never_wait_for_gathered_company():
+    """``in_flight`` 2 (a replica's ``parallel_forwards``): 4 windows the ingress gathered go
+    out at once as two batches of 2 computing together, not one of 4 beside an idle slot;
+    and a window arriving while both compute goes into whichever frees first."""
+    running, most_running = 0, 0
+    lock = threading.Lock()
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    def model(jobs: list[int]) -> list[int]:
+        nonlocal running, most_running
+        with lock:
+            batches.append(list(jobs))
+            running += 1
+            most_running = max(most_running, running)
+        release.wait(5)
+        with lock:
+            running -= 1
+        return [10 * job for job in jobs]
+
+    async def main() -> list[int]:
+        queue = BatchQueue(model, max_batch_size=8, wait_s=5.0, in_flight=2)
+        began = asyncio.get_running_loop().time()
+        gathered = [asyncio.ensure_future(queue.submit(i, gathered=True)) for i in range(4)]
+        while len(batches) < 2:
+            await asyncio.sleep(0.01)
+        late = asyncio.ensure_future(queue.submit(4, gathered=True))
+        await asyncio.sleep(0.05)
+        assert len(batches) == 2  # both slots busy: the late window waits for one
+        release.set()
+        results = await asyncio.gather(*gathered, late)
+        assert asyncio.get_running_loop().time() - began < 2.0  # wait_s (5 s) never ran out
+        return results
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40]
+    assert sorted(batches[:2]) == [[0, 1], [2, 3]] and batches[2] == [4]
+    assert most_running == 2

@@ -178,6 +178,8 @@ def test_concurrent_callers_are_batched(served, avatar):
     after = httpx.get(served["url"] + "/v1/model", headers=auth()).json()
     assert after["frames_generated"] - before["frames_generated"] == 12 * 2
     assert after["compute_seconds"] > before["compute_seconds"]
+    # serving.parallel_forwards 2: a full queue is shared by two forwards computing at once
+    assert after["most_forwards_at_once"] == 2
 
 
 @pytest.mark.serve

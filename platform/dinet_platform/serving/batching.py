@@ -24,7 +24,8 @@ answered plus those that were already waiting (capped at ``max_batch_size``):
   of several waited ``wait_s`` for company the ingress had gathered already, which made 2
   live sessions burstier than 4.
 
-Before the first batch it waits for a full one, as ``@serve.batch`` would.
+Before the first batch it waits for a full one, as ``@serve.batch`` would (unless a caller
+gathered its company already).
 
 Plain asyncio, no Ray: the Serve model deployment owns one :class:`BatchQueue` per replica.
 """
@@ -52,8 +53,12 @@ class BatchQueue(Generic[Job, Result]):
     a list of jobs and returns one result per job, in order. When ``compute`` raises for a
     batch of several jobs, each is computed again alone: only the job that fails alone gets
     the exception. ``weight(job)`` (e.g. its frames) bounds a batch's total by
-    ``max_batch_weight``. ``in_flight`` > 1 lets that many batches compute at once (calls to
-    a service with several replicas): a batch leaves as soon as one is free."""
+    ``max_batch_weight``.
+
+    ``in_flight`` > 1 lets that many batches compute at once (calls to a service with several
+    replicas; forwards on a CPU's cores side by side): a batch leaves as soon as a slot is
+    free, and what is queued is shared evenly among the free slots (4 windows and 2 free
+    slots: two batches of 2 computing at once, not one of 4 while the other slot idles)."""
 
     def __init__(self, compute: Callable[[list[Job]], Sequence[Result]], max_batch_size: int,
                  wait_s: float, weight: Callable[[Job], int] = lambda job: 1,
@@ -64,7 +69,7 @@ class BatchQueue(Generic[Job, Result]):
         self.weight = weight
         self.max_batch_weight = max_batch_weight
         self._pending: list[_Queued[Job, Result]] = []
-        self._expected = max_batch_size  # callers to gather before the next batch
+        self._expected: int | None = None  # callers to gather before the next batch
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self.in_flight = in_flight
@@ -90,7 +95,7 @@ class BatchQueue(Generic[Job, Result]):
             await self._gather_company()
             if not self._pending:
                 return
-            batch = self._take_batch()
+            batch = self._take_batch(self.in_flight - len(self._running))
             if not batch:
                 continue
             if self.in_flight == 1:
@@ -100,13 +105,15 @@ class BatchQueue(Generic[Job, Result]):
                 task = asyncio.get_running_loop().create_task(self._compute(batch))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
-                self._expected = 1
+                self._expected = 0
 
-    def _take_batch(self) -> list[_Queued[Job, Result]]:
-        """The next batch: queued jobs in order up to ``max_batch_size`` jobs and
-        ``max_batch_weight`` (at least one job, whatever it weighs)."""
+    def _take_batch(self, free_slots: int = 1) -> list[_Queued[Job, Result]]:
+        """The next batch: queued jobs in order up to ``max_batch_size`` jobs, an even share
+        of the queue among ``free_slots``, and ``max_batch_weight`` (at least one job,
+        whatever it weighs)."""
+        share = -(-len(self._pending) // max(1, free_slots))
         batch, weight, taken = [], 0, 0
-        for queued in self._pending[: self.max_batch_size]:
+        for queued in self._pending[: min(self.max_batch_size, share)]:
             job_weight = self.weight(queued.job)
             if batch and self.max_batch_weight is not None and (
                     weight + job_weight > self.max_batch_weight):
@@ -143,7 +150,11 @@ class BatchQueue(Generic[Job, Result]):
 
     async def _gather_company(self) -> None:
         """Wait up to ``wait_s`` until the callers expected back are queued."""
-        expected = min(self._expected, self.max_batch_size)
+        expected = self._expected
+        if expected is None:  # the first batch
+            gathered = any(queued.gathered for queued in self._pending)
+            expected = 0 if gathered else self.max_batch_size
+        expected = min(expected, self.max_batch_size)
         deadline = asyncio.get_running_loop().time() + self.wait_s
         while _closed_loop(self._pending) < expected:
             remaining = deadline - asyncio.get_running_loop().time()

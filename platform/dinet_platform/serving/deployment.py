@@ -51,8 +51,9 @@ class LipSyncModel:
     def __init__(self, settings: dict[str, Any]):
         config = ServeAppConfig.model_validate(settings)
         # Ray gives an actor OMP_NUM_THREADS = floor(num_cpus); a replica reserving 1.9 of a
-        # 2-core node (the ingress takes the rest) should still compute on both cores.
-        torch.set_num_threads(max(1, math.ceil(config.serving.cpus_per_replica)))
+        # 2-core node (the ingress takes the rest) should still compute on both cores. Set
+        # before any forward: each worker thread takes the count on its first one.
+        torch.set_num_threads(forward_threads(config.serving))
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
         serving = config.serving
@@ -65,7 +66,8 @@ class LipSyncModel:
             serving.max_concurrent_dubs, serving.max_queued_dubs)
         self.batches = BatchQueue(self._generate, serving.max_batch_size,
                                   serving.batch_wait_timeout_s, weight=lambda job: len(job.audio),
-                                  max_batch_weight=serving.max_frames_per_forward)
+                                  max_batch_weight=serving.max_frames_per_forward,
+                                  in_flight=serving.parallel_forwards)
         self.error: str | None = None
         self._watch: asyncio.Task | None = None
         self._sweeper: asyncio.Task | None = None
@@ -187,6 +189,11 @@ class LipSyncIngress:
         app = create_app()
         app.state.dinet = self.state
         return app
+
+
+def forward_threads(serving: ServingConfig) -> int:
+    """Threads of one forward: the replica's CPUs shared among its parallel forwards."""
+    return max(1, math.ceil(serving.cpus_per_replica / serving.parallel_forwards))
 
 
 def replica_handle(bound: DeploymentHandle) -> DeploymentHandle:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -121,12 +122,17 @@ class ModelServer:
         # excludes forwards (they wait, none fail); forwards run concurrently with each other.
         self._gate = ForwardGate()
         self.priority = LivePriority()
+        self._counters_lock = threading.Lock()  # forwards may run side by side
         self.batches = 0
         self.batch_sizes: dict[int, int] = {}
         self.frames_generated = 0
         self.max_forward_frames = 0
+        self._forwards_now = 0
+        self.most_forwards_at_once = 0  # serving.parallel_forwards lets several compute
         self.info_requests = 0
-        self.compute_seconds = 0.0  # wall time inside generate: busy = its growth / elapsed
+        # wall time inside generate, summed over forwards side by side: its growth / elapsed
+        # is the forwards computing on average
+        self.compute_seconds = 0.0
 
     def resolve(self) -> int:
         version = alias_holder(self.client, self.serving.model_name, self.serving.alias)
@@ -169,6 +175,7 @@ class ModelServer:
             "batch_sizes": dict(self.batch_sizes),
             "frames_generated": self.frames_generated,
             "max_forward_frames": self.max_forward_frames,
+            "most_forwards_at_once": self.most_forwards_at_once,
             "info_requests": self.info_requests,
             "compute_seconds": round(self.compute_seconds, 6),
             "avatar_cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
@@ -222,11 +229,9 @@ class ModelServer:
             indices.append(index)
         tensors = tuple(torch.cat(parts) for parts in zip(*features, strict=True))
         merged = AvatarFeatures(tensors, encoded=model.engine.cache_reference)
-        with self._gate.forward(), self.priority.live_forward():
+        with self._gate.forward(), self.priority.live_forward(), self._computing():
             faces = model.engine.generate(torch.cat(sources), torch.cat(audios), merged)
         faces = faces.clamp(0.0, 1.0).cpu()
-        self.batches += 1
-        self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
         outputs, offset = [], 0
         for job, entry, index in zip(jobs, entries, indices, strict=True):
             part = faces[offset: offset + len(index)]
@@ -236,10 +241,24 @@ class ModelServer:
                                          for i, face in zip(index, part, strict=True)]))
             else:
                 outputs.append(part.permute(0, 2, 3, 1).numpy())
-        self.frames_generated += offset
-        self.max_forward_frames = max(self.max_forward_frames, offset)
-        self.compute_seconds += time.perf_counter() - began
+        with self._counters_lock:
+            self.batches += 1
+            self.batch_sizes[len(jobs)] = self.batch_sizes.get(len(jobs), 0) + 1
+            self.frames_generated += offset
+            self.max_forward_frames = max(self.max_forward_frames, offset)
+            self.compute_seconds += time.perf_counter() - began
         return outputs, model
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        with self._counters_lock:
+            self._forwards_now += 1
+            self.most_forwards_at_once = max(self.most_forwards_at_once, self._forwards_now)
+        try:
+            yield
+        finally:
+            with self._counters_lock:
+                self._forwards_now -= 1
 
     def dub(self, jobs: JobStore, job_id: str, checkpoint: Callable[[int], None]) -> None:
         """Render dub job ``job_id`` (see :mod:`.dub_jobs`) with the served model, chunk by
