@@ -2,7 +2,8 @@
 computed in-process.
 
     python bench/stream.py [--out FILE.json] [--sessions 1 2 4 6 8] [--seconds 20]
-                           [--widths 0.125 1.0] [--mouth 96] [--drift-minutes 10] [--quick]
+                           [--widths 0.125 1.0] [--mouth 96] [--drift-minutes 10]
+                           [--cpus-per-replica C] [--parallel-forwards P] [--quick]
 
 For each model width a stand-in model is served as ``dinet serve`` would (bench/stand_in.py:
 the embedded Ray, int8 calibrated, a synthetic video as the avatar), then for each N:
@@ -18,10 +19,11 @@ the embedded Ray, int8 calibrated, a synthetic video as the avatar), then for ea
   ``real_time`` = every session >= 24 fps, p99 gap <= 80 ms, nothing dropped.
 - ``in_process``: the replica's own work for the same frames without Serve: the model server's
   ``generate`` on N one-frame jobs at a time (full frames pasted, as the stream asks) plus the
-  JPEG encoding, on the replica's threads: ``capacity_fps``. ``headroom`` = capacity / (25 N)
-  (> 1: the model alone could carry these sessions), ``path_ratio`` = the sessions' delivered
-  fps / capacity (the share of the model's own speed the session path delivers; it only means
-  a cost when the sessions cannot hold real time).
+  JPEG encoding, on the replica's threads (with ``--parallel-forwards P``: the N jobs split
+  into P forwards computing at once, as the replica's queue splits them): ``capacity_fps``.
+  ``headroom`` = capacity / (25 N) (> 1: the model alone could carry these sessions),
+  ``path_ratio`` = the sessions' delivered fps / capacity (the share of the model's own speed
+  the session path delivers; it only means a cost when the sessions cannot hold real time).
 
 Then the largest N such that every level up to it held real time (a p99 over 20 s of gaps
 is the 10th-worst gap of 2 sessions; ``--seconds 60`` gives a steadier one), and drift: one
