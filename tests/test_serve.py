@@ -438,20 +438,22 @@ def test_served_log_mel_model_states_its_features_and_refuses_deepspeech_ones(
 
 
 @pytest.mark.serve
-def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http):
-    """A real photo (scikit-image's astronaut, Eileen Collins) as a still avatar, driven by real
-    speech (espeak-ng) over HTTP: the mouth changes, and every pixel outside the blended mouth
-    box is the photo's, bit for bit. The mouth centre and face width are dlib's on this photo
-    (tests/test_landmarks_real.py); the server finds the face itself."""
+def test_a_real_photo_avatar_changes_only_pixels_around_its_mouth(served, http, tmp_path):
+    """A real photo (scikit-image's astronaut, Eileen Collins) as a still avatar (made with
+    the Python client), driven by real speech (espeak-ng) over HTTP: the mouth changes, and
+    every pixel outside the blended mouth box is the photo's, bit for bit. The mouth centre
+    and face width are dlib's on this photo (tests/test_landmarks_real.py); the server finds
+    the face itself."""
     from dinet_platform.synth.speech import SpeechVoice, speak_fresh
 
     skimage_data = pytest.importorskip("skimage.data")
     photo = skimage_data.astronaut()
     mouth_x, mouth_y, face_width = 222.8, 145.2, 93.0
-    png = cv2.imencode(".png", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))[1].tobytes()
-    created = http.post("/v1/avatars", files=[("frames", ("astronaut.png", png, "image/png"))])
-    assert created.status_code == 201, created.text
-    avatar_id = created.json()["avatar_id"]
+    cv2.imwrite(str(tmp_path / "astronaut.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    with LipSyncClient(served["url"], TOKEN) as client:
+        with pytest.raises(ValueError, match="exactly one of a video or photos"):
+            client.create_avatar()
+        avatar_id = client.create_avatar(photos=[tmp_path / "astronaut.png"])
 
     (spoken,) = speak_fresh(["Hello, how are you today?"],
                             SpeechVoice("en-gb-scotland", "m4", 50, 50, 160))

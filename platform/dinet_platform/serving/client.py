@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import mimetypes
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,21 @@ class LipSyncClient:
     def reload(self) -> dict[str, Any]:
         return self._check(self._http.post("/v1/admin/reload")).json()
 
-    def create_avatar(self, video: str | Path, landmarks: str | Path | None = None) -> str:
-        video = Path(video)
-        files = {"video": (video.name, video.read_bytes(), "video/mp4")}
+    def create_avatar(self, video: str | Path | None = None,
+                      landmarks: str | Path | None = None, *,
+                      photos: Sequence[str | Path] = ()) -> str:
+        """An avatar from a reference ``video`` of the face, or from still ``photos`` of it
+        (PNG or JPEG, one size; one is enough), with optional OpenFace ``landmarks``."""
+        if (video is None) == (not photos):
+            raise ValueError("create_avatar needs exactly one of a video or photos")
+        files = [("frames", (Path(photo).name, Path(photo).read_bytes(),
+                             mimetypes.guess_type(str(photo))[0] or "application/octet-stream"))
+                 for photo in photos]
+        if video is not None:
+            files.append(("video", (Path(video).name, Path(video).read_bytes(), "video/mp4")))
         if landmarks is not None:
-            files["landmarks"] = (Path(landmarks).name, Path(landmarks).read_bytes(), "text/csv")
+            files.append(("landmarks", (Path(landmarks).name, Path(landmarks).read_bytes(),
+                                        "text/csv")))
         return self._check(self._http.post("/v1/avatars", files=files)).json()["avatar_id"]
 
     def delete_avatar(self, avatar_id: str) -> None:
