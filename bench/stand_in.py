@@ -47,10 +47,9 @@ def stand_in_serve(*, width: float = 0.25, mouth: int = 64, versions: int = 1,
                    seconds: float = 2.0, serving: dict[str, Any] | None = None
                    ) -> Iterator[StandIn]:
     import httpx
-    import ray
     from dinet_platform.config import validate_config
     from dinet_platform.data.prepare import prepare_dataset
-    from dinet_platform.ray_runtime import free_port, start_local_ray
+    from dinet_platform.ray_runtime import free_port, shutdown_local_ray, start_local_ray
     from dinet_platform.registry.versions import move_alias
     from dinet_platform.serving.deployment import build_app
     from dinet_platform.synth.videos import synthesize_dataset
@@ -93,4 +92,4 @@ def stand_in_serve(*, width: float = 0.25, mouth: int = 64, versions: int = 1,
                       settings)
     finally:
         serve.shutdown()
-        ray.shutdown()
+        shutdown_local_ray()

@@ -103,7 +103,9 @@ def ray_local() -> Iterator[object]:
         started = True
     yield ray
     if started:
-        ray.shutdown()
+        from dinet_platform.ray_runtime import shutdown_local_ray
+
+        shutdown_local_ray()
 
 
 @pytest.fixture(scope="session")

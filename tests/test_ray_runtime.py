@@ -111,3 +111,26 @@ def test_the_embedded_ray_listens_on_loopback_only(ray_local):
         with socket.socket() as sock:
             sock.settimeout(5)
             assert sock.connect_ex((address, port)) != 0, f"port {port} open on {address}"
+
+
+@pytest.mark.unit
+def test_what_a_private_haproxy_folder_names_is_stopped_and_nothing_else(tmp_path):
+    """A process whose arguments name the Ray's private HAProxy folder (as a reloaded HAProxy
+    left behind names its config) is stopped by its pid; one naming a sibling folder is not."""
+    import subprocess
+    import sys
+
+    from dinet_platform.ray_runtime import stop_haproxy
+
+    state, sibling = tmp_path / "dinet-haproxy-a", tmp_path / "dinet-haproxy-ab"
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)", "-f"]
+    ours = subprocess.Popen([*sleep, f"{state}/0123abcd/haproxy.cfg"])
+    other = subprocess.Popen([*sleep, f"{sibling}/0123abcd/haproxy.cfg"])
+    try:
+        assert stop_haproxy(str(state)) == [ours.pid]
+        assert ours.wait(10) != 0
+        assert other.poll() is None
+    finally:
+        for process in (ours, other):
+            process.kill()
+            process.wait()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 
@@ -56,7 +59,9 @@ def serve_throughput_env() -> dict[str, str]:
     if "RAY_SERVE_ENABLE_HA_PROXY" in os.environ:
         return {}
     state = tempfile.mkdtemp(prefix="dinet-haproxy-")  # short: it holds unix sockets
+    _haproxy_states.append(state)
     atexit.register(shutil.rmtree, state, ignore_errors=True)
+    atexit.register(stop_haproxy, state)  # atexit runs last-in first: before the rmtree
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -74,6 +79,40 @@ def serve_throughput_env() -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
     }
+
+
+_haproxy_states: list[str] = []  # of the Rays this process started
+
+
+def stop_haproxy(state: str) -> list[int]:
+    """Stop the HAProxy processes whose files are in ``state`` (a private folder of
+    :func:`serve_throughput_env`: every process naming it is this Ray's); their pids.
+
+    Serve's HAProxy manager stops its HAProxy when Serve shuts down in order, but a process
+    started by a reload (``-sf``) can outlive it: after Ray was shut down, 2 of about a dozen
+    local Serve runs left one, re-parented to init, holding its ports."""
+    prefix = state.rstrip("/").encode() + b"/"
+    stopped = []
+    with contextlib.suppress(FileNotFoundError):  # no /proc: not Linux
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            if any(arg.startswith(prefix) for arg in args):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(entry.name), signal.SIGTERM)
+                    stopped.append(int(entry.name))
+    return stopped
+
+
+def shutdown_local_ray() -> None:
+    """``ray.shutdown()``, then stop what the Rays this process started left behind."""
+    ray.shutdown()
+    while _haproxy_states:
+        stop_haproxy(_haproxy_states.pop())
 
 
 @contextmanager
@@ -180,4 +219,4 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        ray.shutdown()
+        shutdown_local_ray()
