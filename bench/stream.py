@@ -181,14 +181,13 @@ def in_process_level(app: StandIn, sessions: int, seconds: float) -> dict:
     from dinet_platform.runtime.streaming import offline_windows
     from dinet_platform.serving.api import encode_frame
     from dinet_platform.serving.avatars import AvatarStore
-    from dinet_platform.serving.deployment import forward_threads
     from dinet_platform.serving.model import FrameJob, ModelServer
     from dinet_platform.serving.settings import validate_args
 
     typed = validate_args(app.settings)
     server = ModelServer(typed.serving, app.client, AvatarStore(app.root / "avatars"))
     server.ensure_current()
-    torch.set_num_threads(forward_threads(typed.serving))  # before the pool's first forward
+    torch.set_num_threads(typed.serving.forward_threads)  # before the pool's first forward
     windows = offline_windows(speech_like(4.0, 0), sample_rate=RATE, fps=FPS, n_mels=29,
                               window=5)
     server.avatar(server.model, app.avatar)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -158,6 +159,12 @@ class ServingConfig(Strict):
             raise ValueError(f"precision {self.precision!r} needs device 'cuda' (use int8 or "
                              "fp32 on CPU)")
         return self
+
+    @property
+    def forward_threads(self) -> int:
+        """Torch threads of one forward: the replica's CPUs shared among its
+        ``parallel_forwards``."""
+        return max(1, math.ceil(self.cpus_per_replica / self.parallel_forwards))
 
     @property
     def replica_gpus(self) -> float:

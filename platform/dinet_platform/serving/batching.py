@@ -107,7 +107,7 @@ class BatchQueue(Generic[Job, Result]):
                 task.add_done_callback(self._running.discard)
                 self._expected = 0
 
-    def _take_batch(self, free_slots: int = 1) -> list[_Queued[Job, Result]]:
+    def _take_batch(self, free_slots: int) -> list[_Queued[Job, Result]]:
         """The next batch: queued jobs in order up to ``max_batch_size`` jobs, an even share
         of the queue among ``free_slots``, and ``max_batch_weight`` (at least one job,
         whatever it weighs)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -53,7 +52,7 @@ class LipSyncModel:
         # Ray gives an actor OMP_NUM_THREADS = floor(num_cpus); a replica reserving 1.9 of a
         # 2-core node (the ingress takes the rest) should still compute on both cores. Set
         # before any forward: each worker thread takes the count on its first one.
-        torch.set_num_threads(forward_threads(config.serving))
+        torch.set_num_threads(config.serving.forward_threads)
         self.server = ModelServer(config.serving, client_for(config.tracking),
                                   AvatarStore(avatar_dir(config.serving)))
         serving = config.serving
@@ -189,11 +188,6 @@ class LipSyncIngress:
         app = create_app()
         app.state.dinet = self.state
         return app
-
-
-def forward_threads(serving: ServingConfig) -> int:
-    """Threads of one forward: the replica's CPUs shared among its parallel forwards."""
-    return max(1, math.ceil(serving.cpus_per_replica / serving.parallel_forwards))
 
 
 def replica_handle(bound: DeploymentHandle) -> DeploymentHandle:
