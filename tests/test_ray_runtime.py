@@ -134,3 +134,17 @@ def test_what_a_private_haproxy_folder_names_is_stopped_and_nothing_else(tmp_pat
         for process in (ours, other):
             process.kill()
             process.wait()
+
+
+@pytest.mark.unit
+def test_free_ports_are_bindable_distinct_and_outside_the_ephemeral_range():
+    """Ports for servers started next: never one an outgoing connection may take meanwhile,
+    never one another caller in this process was given, and free now."""
+    from dinet_platform.ray_runtime import _ephemeral_ports, free_port
+
+    low, high = _ephemeral_ports()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert not any(low <= port <= high for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # free now: this raises if not

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,10 +36,45 @@ WORKER_ENV = {
 }
 
 
+# Above Ray's worker ports (10002-19999 by default), below the kernel's ephemeral range.
+LOWEST_FREE_PORT = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port on 127.0.0.1 that nothing is bound to, for a server started next (never the
+    same one twice in a process).
+
+    Chosen below the kernel's ephemeral range (``ip_local_port_range``), where ``bind(0)``
+    would pick: in the seconds before its server binds an ephemeral port, any outgoing
+    connection on the machine may take it as its local address (seen: the dashboard of a
+    starting local Ray lost its port that way, to Ray's own start-up)."""
+    ephemeral_low = _ephemeral_ports()[0]
+    for _ in range(1000 if ephemeral_low - LOWEST_FREE_PORT > 1000 else 0):
+        port = random.randrange(LOWEST_FREE_PORT, ephemeral_low)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as sock:  # no room below the ephemeral range
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):  # not Linux: IANA's dynamic range
+        return 49152, 65535
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 GRPC_MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's own ceiling
