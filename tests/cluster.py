@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinet_platform.ray_runtime import WORKER_ENV, free_port
+from dinet_platform.ray_runtime import WORKER_ENV, free_port, free_ports
 
 BIN = Path(sys.executable).parent
 RAY = BIN / "ray"
@@ -36,33 +34,10 @@ WORKER_PORTS = 60  # one port per worker process a node may run at once
 OBJECT_STORE_BYTES = 300 * 1024 * 1024  # tiny models; leave the machine's memory to the rest
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-_claimed: set[int] = set()
-
-
-def worker_port_range() -> tuple[int, int]:
-    """A free range of ``WORKER_PORTS`` ports below the ephemeral range (where ``free_port``
-    picks), not handed out before in this session."""
-    for _ in range(200):
-        low = random.randrange(20000, 32000 - WORKER_PORTS)
-        ports = range(low, low + WORKER_PORTS)
-        if _claimed.isdisjoint(ports) and all(_bindable(p) for p in ports):
-            _claimed.update(ports)
-            return low, low + WORKER_PORTS - 1
-    raise RuntimeError("no free range of worker ports found")
-
-
 def node_port_options() -> list[str]:
     """Explicit ports for everything a Ray node listens on (head-only ports excluded)."""
-    low, high = worker_port_range()
+    workers = free_ports(WORKER_PORTS)
+    low, high = workers[0], workers[-1]
     options = {
         "node-manager-port": free_port(),
         "object-manager-port": free_port(),

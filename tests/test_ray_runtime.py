@@ -140,11 +140,13 @@ def test_what_a_private_haproxy_folder_names_is_stopped_and_nothing_else(tmp_pat
 def test_free_ports_are_bindable_distinct_and_outside_the_ephemeral_range():
     """Ports for servers started next: never one an outgoing connection may take meanwhile,
     never one another caller in this process was given, and free now."""
-    from dinet_platform.ray_runtime import _ephemeral_ports, free_port
+    from dinet_platform.ray_runtime import _ephemeral_ports, free_port, free_ports
 
     low, high = _ephemeral_ports()
     ports = [free_port() for _ in range(50)]
-    assert len(set(ports)) == 50
-    assert not any(low <= port <= high for port in ports)
+    workers = free_ports(60)  # a node's worker ports: consecutive, none given out before
+    assert len(set(ports)) == 50 and set(ports).isdisjoint(workers)
+    assert len(workers) == 60 and workers[-1] - workers[0] == 59
+    assert not any(low <= port <= high for port in [*ports, *workers])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[-1]))  # free now: this raises if not

@@ -42,22 +42,29 @@ _handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing is bound to, for a server started next (never the
-    same one twice in a process).
+    """A port on 127.0.0.1 that nothing is bound to, for a server started next (see
+    :func:`free_ports`)."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> range:
+    """``count`` consecutive ports on 127.0.0.1 that nothing is bound to, none handed out
+    before in this process (a Ray node's worker ports are a range).
 
     Chosen below the kernel's ephemeral range (``ip_local_port_range``), where ``bind(0)``
     would pick: in the seconds before its server binds an ephemeral port, any outgoing
     connection on the machine may take it as its local address (seen: the dashboard of a
     starting local Ray lost its port that way, to Ray's own start-up)."""
     ephemeral_low = _ephemeral_ports()[0]
-    for _ in range(1000 if ephemeral_low - LOWEST_FREE_PORT > 1000 else 0):
-        port = random.randrange(LOWEST_FREE_PORT, ephemeral_low)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
-            return port
-    with socket.socket() as sock:  # no room below the ephemeral range
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    # a kernel whose ephemeral range starts below ours leaves no such room: any port then
+    upper = ephemeral_low if ephemeral_low - count > LOWEST_FREE_PORT else 65536
+    for _ in range(1000):
+        low = random.randrange(LOWEST_FREE_PORT, upper - count)
+        ports = range(low, low + count)
+        if _handed_out.isdisjoint(ports) and all(_bindable(port) for port in ports):
+            _handed_out.update(ports)
+            return ports
+    raise RuntimeError(f"no {count} free consecutive ports in [{LOWEST_FREE_PORT}, {upper})")
 
 
 def _ephemeral_ports() -> tuple[int, int]:
